@@ -1,0 +1,1 @@
+"""The shared training core: one loop for every method (see ``train.py``)."""

