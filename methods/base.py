@@ -223,6 +223,10 @@ class PreferenceMethod:
                     raise TypeError(f"{cls.__qualname__}: hyperparameter {n!r} needs a default")
                 spec[n] = _parse_annotation(n, hints[n], klass.__dict__[n])
         cls.hparams_spec = spec
+        # Every loss() validates its batch first (missing features, shape mismatches), so a
+        # plugin calling m.loss(batch) directly gets the same clear errors as the core.
+        if "loss" in cls.__dict__ and not getattr(cls.__dict__["loss"], "_validates", False):
+            cls.loss = _validating(cls.__dict__["loss"])
 
     def __init__(self, **hparams: Any):
         spec = type(self).hparams_spec
@@ -251,7 +255,6 @@ class PreferenceMethod:
         raise NotImplementedError
 
     def __call__(self, batch: TokenBatch) -> LossOutput:
-        batch.validate(self.needs)
         return self.loss(batch)
 
     @classmethod
@@ -262,6 +265,20 @@ class PreferenceMethod:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
         return f"{type(self).__name__}({args})"
+
+
+def _validating(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def loss(self, batch: TokenBatch) -> LossOutput:
+        if not isinstance(batch, TokenBatch):
+            raise BatchError(f"{self.name}.loss expects a methods.TokenBatch, got {type(batch).__name__}")
+        batch.validate(self.needs)
+        return fn(self, batch)
+
+    loss._validates = True
+    return loss
 
 
 def _check_value(method: str, hp: HParam, v: Any) -> Any:

@@ -29,28 +29,23 @@ class Rows:
 
 
 def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Rows:
-    n = len(prompts)
+    # Built as Python lists and converted once: per-row tensor writes cost more than the
+    # tiny models' forward pass.
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
     L = max(lengths)
     T = max(len(r) for r in responses)
-    ids = torch.full((n, L), pad_id, dtype=torch.long)
-    att = torch.zeros((n, L), dtype=torch.long)
-    rid = torch.full((n, T), pad_id, dtype=torch.long)
-    rmask = torch.zeros((n, T), dtype=torch.float32)
     first = min(len(p) for p in prompts) - 1  # earliest logit position we need
-    keep = L - first
-    pos = torch.zeros((n, T), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        seq = p + r
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        att[i, : len(seq)] = 1
-        rid[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        rmask[i, : len(r)] = 1.0
+    ids, att, rid, rmask, pos = [], [], [], [], []
+    for p, r, n in zip(prompts, responses, lengths):
+        ids.append(p + r + [pad_id] * (L - n))
+        att.append([1] * n + [0] * (L - n))
+        rid.append(r + [pad_id] * (T - len(r)))
+        rmask.append([1.0] * len(r) + [0.0] * (T - len(r)))
         start = len(p) - 1 - first
-        pos[i, : len(r)] = torch.arange(start, start + len(r))
-        if len(r) < T:  # padded slots point at a valid position; the mask zeroes them
-            pos[i, len(r):] = start
-    return Rows(ids, att, pos, rid, rmask, keep, int(sum(lengths)))
+        # padded slots point at a valid position; the mask zeroes them
+        pos.append(list(range(start, start + len(r))) + [start] * (T - len(r)))
+    return Rows(torch.tensor(ids), torch.tensor(att), torch.tensor(pos), torch.tensor(rid),
+                torch.tensor(rmask), L - first, int(sum(lengths)))
 
 
 _KEEP_CACHE: dict[type, bool] = {}

@@ -1,0 +1,268 @@
+"""``python -m harness``: run | validate | report | ls.
+
+Exit codes: 0 success; 1 some cells failed (their folders say why); 2 invalid input
+(suite, data, arguments), with a message naming the file, line/row and key, and nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+EPILOG = """examples:
+  python -m harness run suites/quickstart.yaml            # SFT, train, evaluate, report
+  python -m harness run SUITE --dry-run                    # the plan, nothing trained
+  python -m harness run SUITE --launcher local --workers 2
+  python -m harness run SUITE --launcher slurm             # job arrays through submitit
+  python -m harness run SUITE --retry-failed               # rerun failed cells too
+  python -m harness validate SUITE
+  python -m harness report results/quickstart
+  python -m harness ls methods
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse exits 2 too; keep its usage line, drop nothing
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m harness", description="Train and compare preference-optimization methods.",
+                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="run a suite (skips done cells, resumes interrupted ones)")
+    r.add_argument("suite", help="suite YAML file")
+    r.add_argument("--launcher", choices=["inline", "local", "slurm"], help="override the suite's launcher")
+    r.add_argument("--workers", type=int, help="parallel workers for --launcher local")
+    r.add_argument("--results", default="results", help="results root (default: results/)")
+    r.add_argument("--dry-run", action="store_true", help="print the plan and exit; nothing is written")
+    r.add_argument("--retry-failed", action="store_true", help="also rerun cells whose status is failed")
+    r.add_argument("--smoke", action="store_true",
+                   help="swap models for tiny stand-ins of the same family and benchmarks for local ones")
+    r.add_argument("--plugin", action="append", default=[], help="method plugin (.py file or module); repeatable")
+    r.add_argument("--no-report", action="store_true", help="don't write the report at the end")
+    v = sub.add_parser("validate", help="check a suite and print its plan; nothing is written")
+    v.add_argument("suite")
+    v.add_argument("--results", default="results")
+    v.add_argument("--plugin", action="append", default=[])
+    v.add_argument("--smoke", action="store_true")
+    rep = sub.add_parser("report", help="tables, figures and report.html from a results folder")
+    rep.add_argument("results_dir", help="results/<suite> (or a results root holding several suites)")
+    rep.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
+    rep.add_argument("--baseline", help="row compared against (default: the suite's report.baseline or dpo)")
+    ls = sub.add_parser("ls", help="list registered methods, embedded tasks or launchers")
+    ls.add_argument("what", choices=["methods", "tasks", "launchers"])
+    ls.add_argument("--plugin", action="append", default=[])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.cmd == "ls":
+            return cmd_ls(args)
+        if args.cmd == "validate":
+            return cmd_validate(args)
+        if args.cmd == "run":
+            return cmd_run(args)
+        if args.cmd == "report":
+            return cmd_report(args)
+    except UserError as e:
+        print("error: " + ("\n  " if len(e.problems) > 1 else ""), end="", file=sys.stderr)
+        print("\n  ".join(e.problems), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _plugins(specs):
+    import methods
+
+    for s in specs:
+        try:
+            methods.load_plugin(s)
+        except methods.MethodConfigError as e:
+            raise UserError(f"--plugin {s}: {e}") from None
+
+
+# ------------------------------------------------------------------------------- ls
+def cmd_ls(args) -> int:
+    import methods
+
+    _plugins(args.plugin)
+    if args.what == "methods":
+        for name in methods.available():
+            cls = methods.get_class(name)
+            needs = ", ".join(sorted(cls.needs)) or "-"
+            print(f"{name:16s} needs: {needs}")
+            print(f"{'':16s} {cls.summary()}")
+            hp = ", ".join(h.describe() for h in cls.hparams_spec.values())
+            print(f"{'':16s} defaults: {hp}\n")
+    elif args.what == "tasks":
+        from .data.tasks import TASKS
+
+        for name in TASKS.names():
+            print(TASKS.get(name).describe() + "\n")
+    else:
+        print("inline   run cells in this process, one after another (debugging, tests)")
+        print("local    submitit local executor, --workers parallel processes")
+        print("slurm    submitit SLURM job arrays; resources from a profile in slurm/")
+    return 0
+
+
+# ------------------------------------------------------------------------- validate
+def _load(args):
+    from . import config
+
+    _plugins(getattr(args, "plugin", []))
+    loaded = config.load_suite(Path(args.suite))
+    if getattr(args, "smoke", False):
+        from .smoke import smoke_suite
+
+        loaded = smoke_suite(loaded)
+    return loaded, config.expand(loaded)
+
+
+def cmd_validate(args) -> int:
+    from . import config
+
+    loaded, plan = _load(args)
+    print(f"{args.suite}: valid")
+    print(config.describe_plan(plan, Path(args.results)))
+    return 0
+
+
+# ------------------------------------------------------------------------------ run
+def cmd_run(args) -> int:
+    from . import config
+    from .launch import Job, format_summary, launch
+    from .results import read_status
+    from .runner import materialize, run_job
+
+    loaded, plan = _load(args)
+    suite = loaded.suite
+    results_root = Path(args.results)
+    suite_dir = results_root / suite.name
+    if args.dry_run:
+        print(config.describe_plan(plan, results_root))
+        return 0
+    if args.launcher:
+        suite.launcher.type = args.launcher
+    if args.workers:
+        suite.launcher.workers = args.workers
+    _check_runnable(plan)
+    materialize(plan, suite_dir, Path(loaded.path).read_text() if getattr(loaded, "path", None) else None)
+    jobs = []
+    states = {}
+    for s in plan.sft_stages:
+        st = read_status(suite_dir / "_sft" / s.stage_id)["state"]
+        states[s.stage_id] = st
+        if st != "done":
+            jobs.append(Job(name=s.stage_id, fn=run_job, args=(str(suite_dir.resolve()), "sft", s.stage_id),
+                            kwargs={"retry_failed": True}, stage="sft", resources="sft",
+                            log_hint=str(suite_dir / "_sft" / s.stage_id)))
+    skipped_failed = []
+    for c in plan.cells:
+        st = read_status(suite_dir / c.cell_id)["state"]
+        states[c.cell_id] = st
+        if st == "done":
+            continue
+        if st == "failed" and not args.retry_failed:
+            skipped_failed.append(c.cell_id)
+            continue
+        jobs.append(Job(name=c.cell_id, fn=run_job, args=(str(suite_dir.resolve()), "cell", c.cell_id),
+                        kwargs={"retry_failed": True}, stage="cell", resources="cell",
+                        log_hint=str(suite_dir / c.cell_id)))
+    done = sum(1 for c in plan.cells if states[c.cell_id] == "done")
+    print(f"suite {suite.name}: {len(plan.cells)} cells ({done} done, {len(skipped_failed)} failed and skipped"
+          f"{' - rerun with --retry-failed' if skipped_failed else ''}), "
+          f"{sum(1 for j in jobs if j.stage == 'sft')} SFT stages and "
+          f"{sum(1 for j in jobs if j.stage == 'cell')} cells to run on {suite.launcher.type}; results in {suite_dir}")
+    t0 = time.time()
+    outcomes = []
+    if jobs:
+        profile = None
+        if suite.launcher.type == "slurm":
+            profile = _resolve(suite.launcher.slurm_profile, Path(loaded.path).parent)
+        outcomes = launch(jobs, suite.launcher, suite_dir / "_launch", profile_path=profile,
+                          progress=_progress_printer(len(jobs)))
+    failed = [o for o in outcomes if not o.ok or (isinstance(o.result, dict) and o.result.get("state") == "failed")]
+    print(f"finished in {time.time() - t0:.1f}s: {len(outcomes) - len(failed)} ok, {len(failed)} failed")
+    if failed:
+        print(format_summary(outcomes), file=sys.stderr)
+    if not args.no_report and any(read_status(suite_dir / c.cell_id)["state"] == "done" for c in plan.cells):
+        from .report import build_report
+
+        out = build_report(suite_dir)
+        print(f"report: {out}")
+    return 1 if failed or skipped_failed else 0
+
+
+def _check_runnable(plan) -> None:
+    """Fail fast (before any training) on what can only fail later: hub-only models or
+    benchmarks on an offline machine."""
+    from .evaluate.lmeval import check_available
+
+    tasks = sorted({t for c in plan.cells for t in c.config["eval"].get("lm_eval_tasks", [])
+                    if not t.startswith("embedded")})
+    if tasks:
+        check_available(tasks)
+    offline = any(os.environ.get(k, "0") not in ("0", "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    for c in plan.cells:
+        m = c.config["model"]
+        if m.get("hub") and not m.get("path"):
+            if offline or not _hub_reachable():
+                raise UserError(f"model {m['name']!r}: hub id {m['hub']!r} cannot be downloaded here (offline). "
+                                f"Give a local `path:`, run on a connected machine, or use `run --smoke` "
+                                f"to exercise the pipeline with tiny stand-ins.")
+
+
+def _hub_reachable() -> bool:
+    from .evaluate.lmeval import _hub_reachable as probe
+
+    return probe()
+
+
+def _resolve(p: str, base: Path) -> Path:
+    q = Path(p)
+    if q.is_absolute():
+        return q
+    return (base / q) if (base / q).exists() else q
+
+
+def _progress_printer(total: int):
+    last = {"t": 0.0, "s": None}
+    tty = sys.stderr.isatty()
+
+    def show(counts: dict) -> None:
+        s = " ".join(f"{k}={counts.get(k, 0)}" for k in ("pending", "running", "done", "failed"))
+        if s == last["s"]:
+            return
+        last["s"] = s
+        if tty:
+            print(f"\r[{total} jobs] {s}   ", end="", file=sys.stderr, flush=True)
+            if counts.get("pending", 0) + counts.get("running", 0) == 0:
+                print(file=sys.stderr)
+        else:
+            print(f"[{total} jobs] {s}", file=sys.stderr, flush=True)
+
+    return show
+
+
+# --------------------------------------------------------------------------- report
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    d = Path(args.results_dir)
+    if not d.is_dir():
+        raise UserError(f"{d}: no such results folder; give results/<suite> as written by `harness run`")
+    out = build_report(d, out_dir=Path(args.out) if args.out else None, baseline=args.baseline)
+    print(f"report: {out}")
+    return 0
