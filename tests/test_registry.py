@@ -53,17 +53,16 @@ def test_builtin_method_name_cannot_be_taken():
         methods.register("dpo")(Fake)
 
 
-def test_entry_point_group_is_loaded(monkeypatch):
-    """Installed packages register methods through the entry-point group harness.methods."""
+def test_entry_point_group_is_loaded(monkeypatch, tmp_path):
+    """Installed packages register methods through the entry-point group harness.methods:
+    the module is only imported (and so only registers) when the group is discovered."""
     import importlib.metadata as md
-    import sys
-    import types
 
-    mod = types.ModuleType("_fake_ep_pkg")
-    exec("import methods\n@methods.register('_ep_method')\nclass M(methods.PreferenceMethod):\n"
-         "    '''An entry-point method.'''\n    def loss(self, b):\n        raise NotImplementedError\n",
-         mod.__dict__)
-    sys.modules["_fake_ep_pkg"] = mod
+    (tmp_path / "_fake_ep_pkg.py").write_text(
+        "import methods\n@methods.register('_ep_method')\nclass M(methods.PreferenceMethod):\n"
+        "    \"\"\"An entry-point method.\"\"\"\n    def loss(self, b):\n        raise NotImplementedError\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "_ep_method" not in methods.available()
     ep = md.EntryPoint(name="ep", value="_fake_ep_pkg", group="harness.methods")
     monkeypatch.setattr(md, "entry_points", lambda group=None: [ep] if group == "harness.methods" else [])
     monkeypatch.setattr(methods, "_discovered", False)
