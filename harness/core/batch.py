@@ -31,6 +31,10 @@ class Rows:
 def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Rows:
     # Built as Python lists and converted once: per-row tensor writes cost more than the
     # tiny models' forward pass.
+    if any(len(p) == 0 for p in prompts):
+        # The logits predicting response token 0 sit at the prompt's last position.
+        raise ValueError("every prompt needs at least one token (an empty prompt has no position "
+                         "that predicts the first response token)")
     lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
     L = max(lengths)
     T = max(len(r) for r in responses)

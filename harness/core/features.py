@@ -57,7 +57,7 @@ def token_kl(policy_sel: torch.Tensor, ref_sel: torch.Tensor, mask: torch.Tensor
     out = []
     for i in range(policy_sel.shape[0]):
         lp = torch.log_softmax(policy_sel[i].float(), dim=-1)
-        lr = torch.log_softmax(ref_sel[i].float(), dim=-1)
+        lr = torch.log_softmax(ref_sel[i].detach().float(), dim=-1)
         out.append((lr.exp() * (lr - lp)).sum(-1))
     return torch.stack(out) * mask
 
@@ -183,14 +183,16 @@ class Features:
         got = _ragged_load(path, ("chosen", "rejected"), meta) if path else None
         if got is not None:
             return got
-        ref = self.ref()
+        # "uniform" needs no model; "random" draws are frozen into the cache (documented)
+        model = self.ref().model if hp.get("weight_scheme", "importance") == "importance" else None
         d = self.data
         out = {side: [] for side in ("chosen", "rejected")}
         for s in range(0, len(d), self.ref_batch_size):
             ps = d.prompts[s: s + self.ref_batch_size]
-            for side in out:
-                resp = getattr(d, side)[s: s + self.ref_batch_size]
-                out[side].extend(w.cpu() for w in token_weights(ref.model, ps, resp, hp, self.pad_id, self.device))
+            c, r = d.chosen[s: s + self.ref_batch_size], d.rejected[s: s + self.ref_batch_size]
+            w = token_weights(model, ps + ps, c + r, hp, self.pad_id, self.device)
+            out["chosen"].extend(x.cpu() for x in w[: len(ps)])
+            out["rejected"].extend(x.cpu() for x in w[len(ps):])
         if path:
             _ragged_save(path, out, meta)
         return out
@@ -205,7 +207,21 @@ class Features:
                               temperature=hp.get("anchor_temperature", 0.8),
                               top_k=hp.get("anchor_top_k", 50), top_p=hp.get("anchor_top_p", 0.95))
 
-    def fill(self, kw: dict, model, logits, rows: Rows, idx, prompts, chosen, rejected, anchors, ctx) -> None:
+    def weights(self, model, idx, prompts, chosen, rejected) -> tuple[list, list] | None:
+        """Token weights for chosen and rejected (one attribution pass for both sides).
+        Called before the policy forward so the two graphs never coexist."""
+        if "token_weights" not in self.needs:
+            return None
+        if self.ref_weights is not None:
+            return [self.ref_weights["chosen"][i] for i in idx], [self.ref_weights["rejected"][i] for i in idx]
+        from .importance import token_weights
+
+        w = token_weights(model, prompts + prompts, chosen + rejected, self.method.hparams, self.pad_id, self.device)
+        self.counters["importance_passes"] = self.counters.get("importance_passes", 0) + 1
+        return w[: len(idx)], w[len(idx):]
+
+    def fill(self, kw: dict, model, logits, rows: Rows, idx, prompts, chosen, rejected, anchors, ctx,
+             weights=None) -> None:
         B = len(idx)
         Tc, Tr = kw["chosen_mask"].shape[1], kw["rejected_mask"].shape[1]
         if self.per_step_ref:
@@ -226,17 +242,8 @@ class Features:
         elif "reference" in self.needs:
             kw["ref_chosen_logps"] = pad_stack([self.ref_logps["chosen"][i] for i in idx], Tc).to(self.device)
             kw["ref_rejected_logps"] = pad_stack([self.ref_logps["rejected"][i] for i in idx], Tr).to(self.device)
-        if "token_weights" in self.needs:
-            if self.ref_weights is not None:
-                wc = [self.ref_weights["chosen"][i] for i in idx]
-                wr = [self.ref_weights["rejected"][i] for i in idx]
-            else:
-                from .importance import token_weights
-
-                hp = self.method.hparams
-                wc = token_weights(model, prompts, chosen, hp, self.pad_id, self.device)
-                wr = token_weights(model, prompts, rejected, hp, self.pad_id, self.device)
-                self.counters["importance_passes"] = self.counters.get("importance_passes", 0) + 2
+        if weights is not None:
+            wc, wr = weights
             kw["chosen_weights"] = pad_stack([w.float().cpu() for w in wc], Tc).to(self.device)
             kw["rejected_weights"] = pad_stack([w.float().cpu() for w in wr], Tr).to(self.device)
 

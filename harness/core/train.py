@@ -75,6 +75,7 @@ class PreferenceObjective:
         chosen = [data.chosen[i] for i in idx]
         rejected = [data.rejected[i] for i in idx]
         anchors = self.features.anchors(model, prompts, idx, ctx) if "anchor" in self.method.needs else None
+        weights = self.features.weights(model, idx, prompts, chosen, rejected)
         B = len(idx)
         all_prompts = prompts + prompts + (prompts if anchors is not None else [])
         all_resp = chosen + rejected + (anchors or [])
@@ -90,7 +91,7 @@ class PreferenceObjective:
             Ta = max(map(len, anchors))
             kw["anchor_logps"] = logps[2 * B:, :Ta]
             kw["anchor_mask"] = rows.resp_mask[2 * B:, :Ta]
-        self.features.fill(kw, model, logits, rows, idx, prompts, chosen, rejected, anchors, ctx)
+        self.features.fill(kw, model, logits, rows, idx, prompts, chosen, rejected, anchors, ctx, weights)
         batch = TokenBatch(**kw)
         return batch, self.method(batch), rows.n_tokens
 
