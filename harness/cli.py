@@ -62,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... | head` ends quietly
     args = parser().parse_args(argv)
     try:
         if args.cmd == "ls":
@@ -103,7 +106,7 @@ def cmd_ls(args) -> int:
             needs = ", ".join(sorted(cls.needs)) or "-"
             print(f"{name:16s} needs: {needs}")
             print(f"{'':16s} {cls.summary()}")
-            hp = ", ".join(h.describe() for h in cls.hparams_spec.values())
+            hp = ", ".join(h.describe() for h in cls.hparams_spec.values()) or "(no hyperparameters)"
             print(f"{'':16s} defaults: {hp}\n")
     elif args.what == "tasks":
         from .data.tasks import TASKS

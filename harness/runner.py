@@ -123,6 +123,12 @@ def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False) 
 
 
 def _quiet_threads() -> None:
+    try:  # per-load progress bars drown the sweep's own progress
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:
+        pass
     n = os.environ.get("HARNESS_THREADS") or os.environ.get("OMP_NUM_THREADS")
     if n and n.isdigit():
         torch.set_num_threads(int(n))
@@ -243,6 +249,8 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
                                        chat_template=mspec.chat_template, max_length=tspec.max_length,
                                        max_prompt_length=tspec.max_prompt_length))
         metrics["cost/eval_wall_s"] = round(time.time() - t0, 3)
+    if method is not None and "token_weights" in method.needs:
+        _write_importance_examples(policy, init, tok, data, method, folder, tspec)
     n_params = param_count(policy)
     metrics.update({
         "cost/train_wall_s": round(t_train, 3),
@@ -269,6 +277,29 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
         save_model(policy.cpu(), tok, folder / "model")
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/" in k}}
+
+
+def _write_importance_examples(policy, init, tok, data, method, folder: Path, tspec, n: int = 4) -> None:
+    """token_importance.json: the weights TI-DPO gives the tokens of a few held-out pairs
+    (for the report's heatmaps), from the same source model the training used."""
+    from .core.importance import token_weights
+    from .data.tokenize import tokenize
+    from .results import atomic_write_json
+
+    td = tokenize(data.heldout[:n], tok, tspec.max_length, tspec.max_prompt_length)
+    if not len(td):
+        return
+    src = init()[0] if method.hparams.get("importance_source") == "reference" else policy
+    dev = next(policy.parameters()).device
+    w = token_weights(src.to(dev), td.prompts + td.prompts, td.chosen + td.rejected, method.hparams,
+                      tok.pad_token_id, dev)
+    ex = []
+    for side, off, seqs in (("chosen", 0, td.chosen), ("rejected", len(td), td.rejected)):
+        for i, ids in enumerate(seqs):
+            ex.append({"pair": i, "side": side, "tokens": [tok.decode([t]) for t in ids],
+                       "weights": [round(float(x), 6) for x in w[off + i]]})
+    ex.sort(key=lambda e: (e["pair"], e["side"]))
+    atomic_write_json(folder / "token_importance.json", {"examples": ex, "source": method.hparams.get("importance_source")})
 
 
 def _flops(n_params: int, res, method, counters: dict, tdata) -> float | None:
