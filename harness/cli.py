@@ -124,13 +124,36 @@ def cmd_ls(args) -> int:
 def _load(args):
     from . import config
 
-    _plugins(getattr(args, "plugin", []))
+    specs = getattr(args, "plugin", [])
+    _plugins(specs)
     loaded = config.load_suite(Path(args.suite))
     if getattr(args, "smoke", False):
         from .smoke import smoke_suite
 
         loaded = smoke_suite(loaded)
+    # Cells load their plugins from their config: a --plugin must be there too, or a worker
+    # process (local, slurm launchers) would not know the method. Plugins are not part of
+    # the cell id, so this changes no id.
+    known = set(loaded.suite.plugins)
+    for s in specs:
+        ref = str(Path(s).expanduser().resolve()) if (s.endswith(".py") or "/" in s or "\\" in s) else s
+        if ref not in known:
+            loaded.suite.plugins.append(ref)
+            known.add(ref)
+    _check_data(loaded)
     return loaded, config.expand(loaded)
+
+
+def _check_data(loaded) -> None:
+    """Read and validate every local data file now, before anything is written: a bad row
+    is invalid input (exit 2, the file and row named), not a failure of each cell later.
+    Embedded tasks are checked by the suite validation; hub data sets are loaded by the
+    jobs (loading them here could mean a download)."""
+    from .data.loading import load_dataset
+
+    for d in loaded.suite.datasets:
+        if d.path:
+            load_dataset(d, loaded.base_dir)
 
 
 def cmd_validate(args) -> int:
@@ -197,9 +220,15 @@ def cmd_run(args) -> int:
         outcomes = launch(jobs, suite.launcher, suite_dir / "_launch", profile_path=profile,
                           progress=_progress_printer(len(jobs)))
     failed = [o for o in outcomes if not o.ok or (isinstance(o.result, dict) and o.result.get("state") == "failed")]
+    locked = [o.name for o in outcomes if o.ok and isinstance(o.result, dict) and o.result.get("state") == "locked"]
     print(f"finished in {time.time() - t0:.1f}s: {len(outcomes) - len(failed)} ok, {len(failed)} failed")
+    if locked:
+        print(f"{len(locked)} skipped: another process holds their lock and is running them "
+              f"(rerun, or `report`, once it is done): {', '.join(locked)}")
     if failed:
         print(format_summary(outcomes), file=sys.stderr)
+        print("each failed cell's folder holds `status` (reason, step, last finite metrics) and "
+              "`error.txt` (traceback); fix the cause, then rerun with --retry-failed", file=sys.stderr)
     if not args.no_report and any(read_status(suite_dir / c.cell_id)["state"] == "done" for c in plan.cells):
         from .report import build_report
 
@@ -216,7 +245,8 @@ def _check_runnable(plan) -> None:
     tasks = sorted({t for c in plan.cells for t in c.config["eval"].get("lm_eval_tasks", [])
                     if not t.startswith("embedded")})
     if tasks:
-        check_available(tasks)
+        check_available(tasks, allow_code_execution=any(c.config["eval"].get("allow_code_execution")
+                                                        for c in plan.cells))
     offline = any(os.environ.get(k, "0") not in ("0", "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     for c in plan.cells:
         m = c.config["model"]

@@ -157,6 +157,8 @@ class EvalSpec:
     kl_samples: int = f(32, "sampled responses for KL(policy || reference)", NONNEG)
     lm_eval_tasks: list[str] = f(None, "lm-eval tasks: embedded_gen, embedded_mc, or standard benchmarks", factory=list)
     lm_eval_limit: Optional[int] = f(None, "examples per lm-eval task", POS)
+    allow_code_execution: bool = f(
+        False, "let lm-eval run model-written code (HumanEval); no sandbox: only in a disposable container")
     semantic_diversity: Literal["auto", "on", "off"] = f("auto", "MiniLM embedding diversity (auto: when installed)")
     batch_size: int = f(32, "evaluation batch size", POS)
 

@@ -163,4 +163,5 @@ def _lm_eval(policy, tok, data, spec: EvalSpec, out_dir: Path, seed: int, device
         include = out_dir / "lm_eval_tasks"
         write_local_tasks(include, gen, mc)
     return run_lm_eval(policy, tok, list(spec.lm_eval_tasks), include_path=include, limit=spec.lm_eval_limit,
-                       batch_size=spec.batch_size, device=str(device), seed=seed)
+                       batch_size=spec.batch_size, device=str(device), seed=seed,
+                       allow_code_execution=spec.allow_code_execution)
