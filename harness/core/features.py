@@ -128,6 +128,9 @@ class Features:
             self.ref_logps = self._cached_reference_logps()
         if "token_weights" in self.needs and self.weight_source == "reference":
             self.ref_weights = self._cached_reference_weights()
+        if not self.per_step_ref and self._ref is not None and ref_model is None:
+            # Everything the reference gives is cached now: free its memory for training.
+            self._ref = None
 
     # ------------------------------------------------------------- reference model
     def ref(self):
