@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -59,21 +60,24 @@ def load_config(folder: Path) -> dict:
 def materialize(plan, suite_dir: Path, suite_text: str | None = None) -> None:
     """Write config.yaml + a pending status for every new stage and cell; existing folders
     (done, failed or interrupted) are left as they are."""
-    from .results import atomic_write_text, atomic_write_yaml, read_status, write_status
+    from .results import SuiteLock, atomic_write_text, atomic_write_yaml, read_status, write_status
 
     suite_dir = Path(suite_dir)
     suite_dir.mkdir(parents=True, exist_ok=True)
-    if suite_text is not None:
-        atomic_write_text(suite_dir / "suite.yaml", suite_text)
     items = [(suite_dir / "_sft" / s.stage_id, s.config) for s in plan.sft_stages]
     items += [(suite_dir / c.cell_id, {**c.config, "cell_id": c.cell_id, "sft_stage": c.sft_stage_id})
               for c in plan.cells]
-    for folder, cfg in items:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "config.yaml").exists():
-            atomic_write_yaml(folder / "config.yaml", cfg)
-        if read_status(folder)["state"] == "new":
-            write_status(folder, "pending")
+    # Two `harness run` on the same results: without the lock, one could read "new", the
+    # other start the job and mark it running, and the first then overwrite that with pending.
+    with SuiteLock(suite_dir):
+        if suite_text is not None:
+            atomic_write_text(suite_dir / "suite.yaml", suite_text)
+        for folder, cfg in items:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not (folder / "config.yaml").exists():
+                atomic_write_yaml(folder / "config.yaml", cfg)
+            if read_status(folder)["state"] == "new":
+                write_status(folder, "pending")
 
 
 # ------------------------------------------------------------------------------ jobs
@@ -84,10 +88,13 @@ def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False) 
     folder = suite_dir / "_sft" / job_id if kind == "sft" else suite_dir / job_id
     from .results import CellLock, read_status, write_status
 
+    if kind == "cell":
+        _wait_for_stage(suite_dir, folder)
     lock = CellLock(folder)
     if not lock.acquire(timeout=0):
         return {"state": "locked", "id": job_id}
     try:
+        _remove_temp_leftovers(folder)
         st = read_status(folder)
         if st["state"] == "done":
             return {"state": "done", "id": job_id, "skipped": True}
@@ -120,6 +127,73 @@ def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False) 
         return {"state": "done", "id": job_id, **(out or {})}
     finally:
         lock.release()
+
+
+# ``.<name>.<pid>.<8 hex>.tmp``: the temp file of an atomic write (harness.results)
+_TEMP_LEFTOVER = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def _remove_temp_leftovers(folder: Path) -> None:
+    """Delete the temp files of atomic writes whose writer was killed mid-write (SIGKILL,
+    OOM, node failure). Readers never mistake them for results; this only keeps a resumed
+    cell's folder clean. Safe because the caller holds the folder's lock: no other live
+    process writes here."""
+    for p in folder.iterdir():
+        m = _TEMP_LEFTOVER.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and p.is_file():
+            p.unlink(missing_ok=True)
+
+
+def _wait_for_stage(suite_dir: Path, folder: Path, poll_s: float = 1.0) -> None:
+    """A cell starts from its SFT stage's checkpoint. When another process (a second
+    ``harness run`` on the same results folder) holds the stage's lock and is training it,
+    wait for it to finish instead of failing the cell because the stage is not done yet."""
+    from .results import lock_info, read_status
+
+    try:
+        sid = load_config(folder).get("sft_stage")
+    except FileNotFoundError:
+        return
+    if not sid:
+        return
+    stage = suite_dir / "_sft" / sid
+    told = False
+    while read_status(stage)["state"] not in ("done", "failed"):
+        holder = lock_info(stage)
+        if holder is None or holder.get("stale"):
+            return  # nobody is training it: the cell reports the stage's state itself
+        if not told:
+            print(f"{folder.name}: waiting for SFT stage {sid}, which host {holder.get('host')} "
+                  f"pid {holder.get('pid')} is training", file=sys.stderr, flush=True)
+            told = True
+        time.sleep(poll_s)
+
+
+def _last_logged(log: Path) -> dict:
+    """The last record of a train log ({} without one). A run resumed from its final
+    checkpoint trains no step, so its TrainResult has no metrics of its own; the log kept
+    from before the interruption has them."""
+    from .results import read_jsonl
+
+    try:
+        rows = read_jsonl(log)
+    except FileNotFoundError:
+        return {}
+    return rows[-1] if rows else {}
+
+
+def _require_pairs(tdata, data, what: str, spec) -> None:
+    """Every example dropped by tokenization: say so with the data set and the lengths to
+    change, instead of an error from deep inside training."""
+    if len(tdata):
+        return
+    from .errors import DataError
+
+    raise DataError(f"data set {data.name!r} ({data.stats.get('source', 'embedded task')}): all "
+                    f"{tdata.stats.get('input', 0)} {what} were dropped by tokenization (no response "
+                    f"token fits in max_length {spec.max_length} after a prompt of up to "
+                    f"max_prompt_length {spec.max_prompt_length}); raise max_length or lower "
+                    f"max_prompt_length")
 
 
 def _quiet_threads() -> None:
@@ -162,13 +236,15 @@ def _run_sft(suite_dir: Path, folder: Path) -> dict:
     model, tok = load_model(mspec, alphabet=data.alphabet, texts=texts, seed=seed)
     tdata = tokenize(data.sft, tok, sft.max_length, sft.max_prompt_length, mspec.chat_template,
                      cache_dir=suite_dir / "_cache")
+    _require_pairs(tdata, data, "SFT examples", sft)
     t0 = time.time()
     res = train(model, tdata, SFTObjective(), sft, seed, folder, tokenizer=tok, desc=f"sft {folder.name}")
     model = model.cpu()
     save_model(model, tok, folder / "model")
     info = {"wall_s": round(time.time() - t0, 3), "steps": res.steps, "tokens": res.tokens,
             "weights_fingerprint": weights_fingerprint(model), "tokenization": tdata.stats,
-            "data": data.stats, "final_loss": res.last_metrics.get("loss")}
+            "data": data.stats,
+            "final_loss": (res.last_metrics or _last_logged(folder / "train_log.jsonl")).get("loss")}
     atomic_write_json(folder / "stage.json", info)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return info
@@ -212,16 +288,22 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
             return load_model(mspec, alphabet=data.alphabet, texts=texts, seed=0)
 
     policy, tok = init()
-    if mspec.lora is not None and stage_dir is not None:
-        from .models import apply_lora
+    if stage_dir is not None:
+        # the SFT checkpoint is a plain merged model: re-apply this cell's memory settings
+        from .models import apply_lora, enable_gradient_checkpointing
 
-        policy = apply_lora(policy, mspec)
+        if mspec.gradient_checkpointing:
+            enable_gradient_checkpointing(policy)
+        if mspec.lora is not None:
+            policy = apply_lora(policy, mspec)
     mname = cfg["method"]["name"]
     train_res = None
     counters: dict = {}
     t_train = 0.0
     tdata = tokenize(data.train, tok, tspec.max_length, tspec.max_prompt_length, mspec.chat_template,
                      cache_dir=suite_dir / "_cache")
+    if mname != "sft":
+        _require_pairs(tdata, data, "training pairs", tspec)
     method = None
     if mname != "sft":
         method = methods.get(mname, **cfg["method"]["hparams"])
@@ -266,7 +348,8 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
         "data/train_pairs": len(tdata), "data/tokenization": tdata.stats, "data/stats": data.stats,
     })
     if train_res is not None:
-        metrics["train/final_loss"] = train_res.last_metrics.get("loss")
+        last = train_res.last_metrics or _last_logged(folder / "train_log.jsonl")
+        metrics["train/final_loss"] = last.get("loss")
         metrics["train/resumed_from"] = train_res.resumed_from
     atomic_write_json(folder / "metrics.json", metrics)
     if not cfg["train"].get("keep_model"):

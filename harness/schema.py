@@ -71,7 +71,7 @@ class ModelSpec:
     revision: Optional[str] = f(None, "hub revision")
     trust_remote_code: bool = f(False, "allow the model repository's own code to run (off by default)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = f(
-        "auto", "weights dtype; auto = float32 on CPU, bfloat16 on GPU")
+        "auto", "weights dtype; auto = float32 on CPU, bfloat16 on GPU for pretrained models (tiny models stay float32)")
     lora: Optional[LoraSpec] = f(None, "train LoRA adapters instead of all weights (needs the lora extra)")
     gradient_checkpointing: bool = f(False, "trade compute for memory")
     chat_template: bool = f(True, "format prompts with the tokenizer's chat template when it has one")
