@@ -14,6 +14,8 @@ SUITES = sorted((ROOT / "suites").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
 def test_shipped_suite_validates_and_expands(path):
+    if path.stem == "smollm2_real" and not (ROOT / "models" / "smollm2-135m-instruct").is_dir():
+        pytest.skip("needs scripts/fetch_smollm2.sh and scripts/fetch_llamafactory_demo.sh first")
     plan = config.expand(config.load_suite(path))
     assert plan.cells, path
 
