@@ -219,6 +219,7 @@ def cmd_run(args) -> int:
             profile = _resolve(suite.launcher.slurm_profile, Path(loaded.path).parent)
         outcomes = launch(jobs, suite.launcher, suite_dir / "_launch", profile_path=profile,
                           progress=_progress_printer(len(jobs)))
+    _record_hard_failures(outcomes, {j.name: Path(j.log_hint) for j in jobs})
     failed = [o for o in outcomes if not o.ok or (isinstance(o.result, dict) and o.result.get("state") == "failed")]
     locked = [o.name for o in outcomes if o.ok and isinstance(o.result, dict) and o.result.get("state") == "locked"]
     print(f"finished in {time.time() - t0:.1f}s: {len(outcomes) - len(failed)} ok, {len(failed)} failed")
@@ -235,6 +236,24 @@ def cmd_run(args) -> int:
         out = build_report(suite_dir)
         print(f"report: {out}")
     return 1 if failed or skipped_failed else 0
+
+
+def _record_hard_failures(outcomes, folders: dict) -> None:
+    """A job killed hard (SIGKILL, OOM, time limit without requeue) could not mark its own
+    folder failed; do it here with the launcher's reason and log paths, unless a live process
+    holds the folder's lock (another run is working on it)."""
+    from .launch.base import headline
+    from .results import lock_info, read_status, write_status
+
+    for o in outcomes:
+        folder = folders.get(o.name)
+        if o.ok or folder is None or read_status(folder)["state"] in ("failed", "done"):
+            continue
+        info = lock_info(folder)
+        if info is not None and not info.get("stale"):
+            continue
+        write_status(folder, "failed", reason=f"job ended without a result: {headline(o.error)}",
+                     logs=list(o.log_paths), job_id=o.job_id)
 
 
 def _check_runnable(plan) -> None:

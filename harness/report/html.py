@@ -1,0 +1,159 @@
+"""``report.html`` and ``report.md``: every table and figure of a suite on one page.
+
+The HTML is static and self-contained apart from the PNGs, which it references by relative
+path (``figures/<name>.png``), so the report folder can be copied or zipped as a whole. It has
+no script, no external stylesheet or font, and no timestamp: the same results give the same
+bytes. Tables are rendered here from :class:`harness.report.tables.Table` (the same strings
+as the Markdown and LaTeX versions), with the best value per column in bold.
+"""
+from __future__ import annotations
+
+from html import escape
+
+from .collect import STATE_ORDER, Collected
+from .plots import FigureResult
+from .tables import MISSING, Table, to_markdown
+
+__all__ = ["render_html", "render_markdown", "sections"]
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
+       max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+h3 { margin-top: 1.5em; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+th, td { padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; vertical-align: top; }
+thead th { border-bottom: 2px solid #555; text-align: left; }
+td.num, th.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+ul.notes { font-size: 0.85em; color: #444; }
+p.files { font-size: 0.8em; color: #666; }
+p.skipped { color: #a33; font-style: italic; }
+figure { margin: 1em 0 2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #444; }
+nav ul { columns: 2; font-size: 0.9em; }
+""".strip()
+
+
+def _state_counts(col: Collected) -> str:
+    states = col.cells["state"]
+    known = [s for s in STATE_ORDER if (states == s).any()] + \
+        sorted(set(states) - set(STATE_ORDER))
+    return ", ".join(f"{s} {int((states == s).sum())}" for s in known)
+
+
+def sections(tables: list[Table], figures: list[FigureResult]) -> list[tuple[str, list]]:
+    """The page's sections in order: (heading, items), items being tables or figures."""
+    by = {t.name: t for t in tables}
+    main = [t for t in tables if t.name.startswith("main_")]
+    comp = [t for t in tables if t.name.startswith("comparison")]
+    other = [by[n] for n in ("diversity", "cost", "displacement") if n in by]
+    out = [("Status", [by[n] for n in ("status", "failed") if n in by]),
+           ("Main results", main), ("Comparison with the baseline", comp)]
+    if "reported_vs_reproduced" in by:
+        out.append(("Reported vs reproduced", [by["reported_vs_reproduced"]]))
+    out += [("Figures", figures), ("Diversity, cost and displacement", other)]
+    if "hparams" in by:
+        out.append(("Configuration", [by["hparams"]]))
+    return [(h, items) for h, items in out if items]
+
+
+def _note_html(note: str) -> str:
+    """Escaped note text with `code` spans as <code>."""
+    parts = note.split("`")
+    return "".join(f"<code>{escape(p)}</code>" if i % 2 else escape(p) for i, p in enumerate(parts))
+
+
+def _table_html(t: Table) -> str:
+    out = [f'<h3 id="{escape("t-" + t.name)}">{escape(t.title)}</h3>', "<table>", "<thead><tr>"]
+    num = ' class="num"'
+    out += [f'<th{"" if j < t.n_label_cols else num}>{escape(c)}</th>'
+            for j, c in enumerate(t.columns)]
+    out.append("</tr></thead>")
+    out.append("<tbody>")
+    for i, r in enumerate(t.rows):
+        cells = []
+        for j, c in enumerate(r):
+            text = escape(c)
+            if t.is_bold(i, j) and c != MISSING:
+                text = f"<b>{text}</b>"
+            cls = "" if j < t.n_label_cols else ' class="num"'
+            cells.append(f"<td{cls}>{text}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    if not t.rows:
+        out.append("<p>(no rows)</p>")
+    if t.notes:
+        out.append('<ul class="notes">' + "".join(f"<li>{_note_html(n)}</li>" for n in t.notes)
+                   + "</ul>")
+    out.append(f'<p class="files">files: <a href="tables/{escape(t.name)}.csv">CSV</a> · '
+               f'<a href="tables/{escape(t.name)}.tex">LaTeX</a> · '
+               f'<a href="tables/{escape(t.name)}.md">Markdown</a></p>')
+    return "\n".join(out)
+
+
+def _figure_html(f: FigureResult) -> str:
+    head = f'<h3 id="{escape("fig-" + f.name)}">{escape(f.title)}</h3>'
+    if f.png is None:
+        return f'{head}\n<p class="skipped">Figure skipped: {escape(f.skipped or "no data")}.</p>'
+    return (f'{head}\n<figure><img src="figures/{escape(f.name)}.png" alt="{escape(f.title)}">'
+            f"<figcaption>{escape(f.caption)}</figcaption></figure>")
+
+
+def _header_lines(col: Collected) -> list[str]:
+    lines = [f"Results folder: {col.suite_dir.name}",
+             f"Cells: {len(col.cells)} ({_state_counts(col)})",
+             f"Baseline for comparisons: {col.baseline if col.baseline else 'none'}"]
+    failed = col.cells[col.cells["state"] == "failed"]
+    if len(failed):
+        faults = int(failed["reason"].fillna("").astype(str)
+                     .str.startswith("NumericalFault").sum())
+        lines.append(f"WARNING: {len(failed)} cell(s) failed"
+                     + (f", {faults} of them diverged (non-finite loss or gradient)" if faults
+                        else "") + ": see 'Failed / diverged cells'.")
+    return lines
+
+
+def render_html(col: Collected, tables: list[Table], figures: list[FigureResult]) -> str:
+    secs = sections(tables, figures)
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           f"<title>Report: {escape(col.suite)}</title>", f"<style>\n{CSS}\n</style>", "</head>",
+           "<body>", f"<h1>Suite: {escape(col.suite)}</h1>",
+           "<p>" + "<br>\n".join(escape(x) for x in _header_lines(col)) + "</p>"]
+    if col.notes:
+        out.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in col.notes)
+                   + "</ul>")
+    out.append("<nav><ul>")
+    for h, items in secs:
+        for it in items:
+            if isinstance(it, Table):
+                out.append(f'<li><a href="#t-{escape(it.name)}">{escape(it.title)}</a></li>')
+            else:
+                out.append(f'<li><a href="#fig-{escape(it.name)}">{escape(it.title)}</a>'
+                           f'{" (skipped)" if it.png is None else ""}</li>')
+    out.append("</ul></nav>")
+    for h, items in secs:
+        out.append(f"<h2>{escape(h)}</h2>")
+        for it in items:
+            out.append(_table_html(it) if isinstance(it, Table) else _figure_html(it))
+    out += ["</body>", "</html>"]
+    return "\n".join(out) + "\n"
+
+
+def render_markdown(col: Collected, tables: list[Table], figures: list[FigureResult]) -> str:
+    out = [f"# Suite: {col.suite}", ""]
+    out += [f"- {x}" for x in _header_lines(col)]
+    if col.notes:
+        out += [""] + [f"- note: {n}" for n in col.notes]
+    for h, items in sections(tables, figures):
+        out += ["", f"## {h}", ""]
+        for it in items:
+            if isinstance(it, Table):
+                out.append(to_markdown(it, "###"))
+                out.append(f"Files: [CSV](tables/{it.name}.csv), [LaTeX](tables/{it.name}.tex)")
+                out.append("")
+            elif it.png is None:
+                out += [f"### {it.title}", "", f"Figure skipped: {it.skipped or 'no data'}.", ""]
+            else:
+                out += [f"### {it.title}", "", f"![{it.title}](figures/{it.name}.png)", "",
+                        it.caption, ""]
+    return "\n".join(out).rstrip("\n") + "\n"
