@@ -329,7 +329,8 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
         t0 = time.time()
         metrics.update(evaluate_policy(policy, ref_model, tok, data, method, espec, folder, seed,
                                        chat_template=mspec.chat_template, max_length=tspec.max_length,
-                                       max_prompt_length=tspec.max_prompt_length))
+                                       max_prompt_length=tspec.max_prompt_length, trained=method is not None,
+                                       cache_dir=suite_dir / "_cache", ref_id=stage_info.get("weights_fingerprint")))
         metrics["cost/eval_wall_s"] = round(time.time() - t0, 3)
     if method is not None and "token_weights" in method.needs:
         _write_importance_examples(policy, init, tok, data, method, folder, tspec)

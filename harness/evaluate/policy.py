@@ -38,7 +38,11 @@ def _mean(xs) -> float:
 
 
 def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Path, seed: int, *,
-                    chat_template: bool = True, max_length: int = 512, max_prompt_length: int = 256) -> dict[str, Any]:
+                    chat_template: bool = True, max_length: int = 512, max_prompt_length: int = 256,
+                    trained: bool = True, cache_dir: Path | None = None, ref_id: str | None = None) -> dict[str, Any]:
+    """``trained=False`` (the SFT row: policy is the reference) leaves out the metrics that
+    compare the policy with itself. ``cache_dir`` + ``ref_id`` cache the reference's greedy
+    answers, which every cell of a stage shares."""
     device = next(policy.parameters()).device
     ref = ref.to(device).eval()
     policy.eval()
@@ -47,7 +51,7 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
     held = data.heldout[: spec.heldout_pairs] if spec.heldout_pairs else data.heldout
     td = tokenize(held, tok, max_length, max_prompt_length, chat_template)
     bs = spec.batch_size
-    if len(td):
+    if len(td) and trained:
         pc = sequence_logps(policy, td.prompts, td.chosen, pad, bs, device)
         pr = sequence_logps(policy, td.prompts, td.rejected, pad, bs, device)
         rc = sequence_logps(ref, td.prompts, td.chosen, pad, bs, device)
@@ -71,7 +75,7 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
     if gen_prompts:
         pids = [encode_prompt(tok, p.prompt, chat_template)[-max_prompt_length:] for p in gen_prompts]
         outs = generate(policy, pids, pad_id=pad, eos_id=eos, max_new_tokens=spec.max_new_tokens, batch_size=bs)
-        base = generate(ref, pids, pad_id=pad, eos_id=eos, max_new_tokens=spec.max_new_tokens, batch_size=bs)
+        base = _reference_answers(ref, pids, pad, eos, spec, bs, cache_dir, ref_id)
         texts = [tok.decode(o, skip_special_tokens=True) for o in outs]
         btexts = [tok.decode(o, skip_special_tokens=True) for o in base]
         scores = bscores = None
@@ -130,6 +134,27 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
         m.update(_lm_eval(policy, tok, data, spec, Path(out_dir), seed, device))
     policy.train()
     return m
+
+
+def _reference_answers(ref, pids, pad, eos, spec, bs, cache_dir, ref_id) -> list[list[int]]:
+    import hashlib
+    import json
+
+    path = None
+    if cache_dir is not None and ref_id:
+        key = hashlib.sha256(json.dumps([ref_id, pids, spec.max_new_tokens]).encode()).hexdigest()[:20]
+        path = Path(cache_dir) / f"ref-greedy-{key}.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())
+            except ValueError:
+                pass  # damaged entry: recompute
+    out = generate(ref, pids, pad_id=pad, eos_id=eos, max_new_tokens=spec.max_new_tokens, batch_size=bs)
+    if path is not None:
+        from ..results import atomic_write_json
+
+        atomic_write_json(path, out)
+    return out
 
 
 def _reward_accuracy(policy, ref, tok, td, method, device, bs) -> float:

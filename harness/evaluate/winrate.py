@@ -69,6 +69,21 @@ class LCFit:
 def _import_alpaca_metrics():
     """alpaca_eval.metrics, imported lazily (the package pulls in ~3 s of imports) and without
     its pkg_resources deprecation notice, which is alpaca-eval's to fix, not the user's."""
+    import importlib.util
+    import sys
+    import types
+
+    if "alpaca_eval" not in sys.modules:
+        # alpaca_eval/__init__.py imports its whole CLI (evaluators, datasets, openai clients:
+        # seconds per worker process); the metric modules need none of it. Register the
+        # package without running its __init__ so only the metric submodules load.
+        spec = importlib.util.find_spec("alpaca_eval")
+        if spec is not None and spec.submodule_search_locations:
+            pkg = types.ModuleType("alpaca_eval")
+            pkg.__path__ = list(spec.submodule_search_locations)
+            pkg.__spec__ = spec
+            pkg.__file__ = spec.origin
+            sys.modules["alpaca_eval"] = pkg
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
         import alpaca_eval.metrics
