@@ -81,12 +81,28 @@ def materialize(plan, suite_dir: Path, suite_text: str | None = None) -> None:
 
 
 # ------------------------------------------------------------------------------ jobs
+def _rank() -> tuple[int, int]:
+    """(rank, world size) when started by a distributed launcher (accelerate launch, torchrun)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False) -> dict:
-    """Entry point of every launcher. ``kind`` is "sft" or "cell"."""
+    """Entry point of every launcher. ``kind`` is "sft" or "cell".
+
+    Under a distributed launch (several processes per cell, e.g. one per GPU) every rank
+    trains, but only rank 0 takes the lock, writes status and results, and evaluates."""
     _quiet_threads()
     suite_dir = Path(suite_dir)
     folder = suite_dir / "_sft" / job_id if kind == "sft" else suite_dir / job_id
     from .results import CellLock, read_status, write_status
+
+    rank, world = _rank()
+    if world > 1 and rank != 0:
+        st = read_status(folder)
+        if st["state"] == "done" or (st["state"] == "failed" and not retry_failed):
+            return {"state": st["state"], "id": job_id, "skipped": True}
+        (_run_sft if kind == "sft" else _run_cell)(suite_dir, folder)
+        return {"state": "done", "id": job_id, "rank": rank}
 
     if kind == "cell":
         _wait_for_stage(suite_dir, folder)
@@ -237,11 +253,12 @@ def _run_sft(suite_dir: Path, folder: Path) -> dict:
     tdata = tokenize(data.sft, tok, sft.max_length, sft.max_prompt_length, mspec.chat_template,
                      cache_dir=suite_dir / "_cache")
     _require_pairs(tdata, data, "SFT examples", sft)
-    t0 = time.time()
     res = train(model, tdata, SFTObjective(), sft, seed, folder, tokenizer=tok, desc=f"sft {folder.name}")
+    if _rank()[0] != 0:
+        return {}
     model = model.cpu()
     save_model(model, tok, folder / "model")
-    info = {"wall_s": round(time.time() - t0, 3), "steps": res.steps, "tokens": res.tokens,
+    info = {"wall_s": round(res.wall_s, 3), "steps": res.steps, "tokens": res.tokens,
             "weights_fingerprint": weights_fingerprint(model), "tokenization": tdata.stats,
             "data": data.stats,
             "final_loss": (res.last_metrics or _last_logged(folder / "train_log.jsonl")).get("loss")}
@@ -263,7 +280,8 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
     cfg = load_config(folder)
     for p in cfg.get("plugins", []) or []:
         methods.load_plugin(p, base_dir=_base_dir(cfg))
-    atomic_write_json(folder / "env.json", env_info())
+    if _rank()[0] == 0:
+        atomic_write_json(folder / "env.json", env_info())
     mspec = build(schema.ModelSpec, cfg["model"])
     tspec = build(schema.TrainSpec, cfg["train"])
     espec = build(schema.EvalSpec, cfg["eval"])
@@ -314,10 +332,12 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
                             pad_id=tok.pad_token_id, tokenizer=tok, counters=counters)
         if stage_info.get("weights_fingerprint"):
             features.ref_id = stage_info["weights_fingerprint"]
-        t0 = time.time()
         train_res = train(policy, tdata, PreferenceObjective(method, features), tspec, seed, folder,
                           tokenizer=tok, desc=f"{cfg['method']['label']} s{seed}")
-        t_train = time.time() - t0
+        # the training steps' own time, summed over every process that ran them (resumes included)
+        t_train = train_res.wall_s
+    if _rank()[0] != 0:
+        return {}  # rank 0 evaluates and writes the results
     metrics: dict[str, Any] = {
         "cell_id": folder.name, "suite": cfg.get("suite"), "model": mspec.name, "dataset": data.name,
         "method": mname, "label": cfg["method"]["label"], "seed": seed, "hparams": cfg["method"].get("hparams", {}),
@@ -401,3 +421,23 @@ def _flops(n_params: int, res, method, counters: dict, tdata) -> float | None:
     if "token_weights" in needs and method.hparams.get("importance_source") != "reference":
         f += 4.0 * n_params * res.tokens
     return f
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m harness.runner SUITE_DIR sft|cell ID``: one job, e.g. under
+    ``accelerate launch --num_processes N -m harness.runner ...`` for a multi-GPU cell."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m harness.runner")
+    ap.add_argument("suite_dir")
+    ap.add_argument("kind", choices=["sft", "cell"])
+    ap.add_argument("job_id")
+    ap.add_argument("--retry-failed", action="store_true")
+    a = ap.parse_args(argv)
+    out = run_job(a.suite_dir, a.kind, a.job_id, retry_failed=a.retry_failed)
+    print(json.dumps({k: v for k, v in out.items() if k != "metrics"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

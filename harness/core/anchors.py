@@ -104,8 +104,13 @@ def sample_anchors(model, prompts: list[list[int]], *, tokenizer, pad_id: int, d
         if p:
             ids[i, Lp - len(p):] = torch.tensor(p, dtype=torch.long)
             att[i, Lp - len(p):] = 1
+    from ..evaluate.generation import room_for
+
+    room = room_for(_owner(net), Lp, int(max_new_tokens))
+    if room == 0:  # the prompt fills the position table: nothing can be sampled
+        return [cut_at_eos([], eos) for _ in prompts]
     cfg = GenerationConfig(
-        do_sample=True, max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_k=int(top_k),
+        do_sample=True, max_new_tokens=room, temperature=float(temperature), top_k=int(top_k),
         top_p=float(top_p), num_beams=1, num_return_sequences=1, use_cache=True, pad_token_id=int(pad_id),
         eos_token_id=eos or None, bos_token_id=getattr(_owner(net).generation_config, "bos_token_id", None),
     )

@@ -165,6 +165,8 @@ def peak_memory_mb(device: torch.device) -> float:
 
 @dataclass
 class TrainResult:
+    """``wall_s`` and ``tokens`` cover every step of the run, those before a resume included."""
+
     steps: int
     wall_s: float
     tokens: int
@@ -195,17 +197,22 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
         resumed = start
     model, opt = acc.prepare(model, opt)
     log_path = run_dir / log_name
-    if resumed is not None and log_path.exists():
-        truncate_jsonl(log_path, keep_while=lambda r: r.get("step", 0) <= start)
-    elif resumed is None and log_path.exists():
-        log_path.unlink()
-    writer = JsonlWriter(log_path)
+    writer = None
+    if acc.is_main_process:  # one writer per file: other ranks never touch the log
+        if resumed is not None and log_path.exists():
+            truncate_jsonl(log_path, keep_while=lambda r: r.get("step", 0) <= start)
+        elif resumed is None and log_path.exists():
+            log_path.unlink()
+        writer = JsonlWriter(log_path)
+    previous = read_jsonl(log_path) if (writer is not None and resumed is not None and log_path.exists()) else []
     pad_id = tokenizer.pad_token_id if tokenizer is not None else 0
     eff = cfg.batch_size * cfg.grad_accum
     world, rank = acc.num_processes, acc.process_index
-    last_metrics: dict = {}
-    t_start = time.perf_counter()
-    total_tokens = 0
+    # A resumed run carries on from what the log already holds: the last finite metrics (for
+    # a fault right after the resume) and the cost of the steps done before the interruption.
+    last_metrics: dict = previous[-1] if previous else {}
+    total_tokens = sum(int(r.get("tokens", 0)) for r in previous)
+    step_time = sum(float(r.get("step_s", 0.0)) for r in previous)
     bar = _progress(cfg.steps, start, desc)
     for step in range(start, cfg.steps):
         t0 = time.perf_counter()
@@ -240,14 +247,15 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
         opt.step()
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
-        total_tokens += n_tok
+        total_tokens += n_tok * world
+        step_time += dt
         rec = {"step": step + 1, **{k: round(v, 8) for k, v in sums.items()}, "grad_norm": round(gn, 8),
-               "lr": lr, "tokens_per_s": round(n_tok * world / dt, 2), "step_s": round(dt, 5),
+               "lr": lr, "tokens": n_tok * world, "tokens_per_s": round(n_tok * world / dt, 2), "step_s": round(dt, 5),
                "peak_mem_mb": round(peak_memory_mb(device), 1)}
         for k, v in ctx.counters.items():
             rec[f"count/{k}"] = v
         last_metrics = rec
-        if acc.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
+        if writer is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             writer.write(rec)
         if on_step is not None:
             on_step(step + 1, rec)
@@ -258,10 +266,11 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
         if acc.is_main_process and (done or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)):
             save_checkpoint(ckpt_root, step + 1, acc.unwrap_model(model), opt)
             rotate_checkpoints(ckpt_root, cfg.keep_checkpoints)
-    writer.close()
+    if writer is not None:
+        writer.close()
     if bar is not None:
         bar.close()
-    return TrainResult(cfg.steps, time.perf_counter() - t_start, total_tokens, last_metrics, resumed)
+    return TrainResult(cfg.steps, step_time, total_tokens, last_metrics, resumed)
 
 
 class _null:

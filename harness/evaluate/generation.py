@@ -4,11 +4,30 @@ from __future__ import annotations
 import torch
 
 
+def position_limit(model) -> int | None:
+    """How many positions the model can attend over (learned position tables end there;
+    rotary models are still only trained up to it)."""
+    cfg = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def room_for(model, prompt_len: int, max_new_tokens: int) -> int:
+    """``max_new_tokens`` capped so prompt + generation stays inside the position table."""
+    limit = position_limit(model)
+    return max_new_tokens if limit is None else max(0, min(max_new_tokens, limit - prompt_len))
+
+
 def generate(model, prompts: list[list[int]], *, pad_id: int, eos_id: int, max_new_tokens: int,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              num_return_sequences: int = 1, batch_size: int = 64, device=None) -> list[list[int]]:
     """Responses (cut after the first EOS, EOS kept) for each prompt x num_return_sequences,
-    in order prompt-major. Greedy unless ``do_sample``; sampling uses torch's global RNG."""
+    in order prompt-major. Greedy unless ``do_sample``; sampling uses torch's global RNG.
+    Generation stops at the end of the model's position table (``room_for``): a response
+    may then be shorter than ``max_new_tokens``, or empty when the prompt fills the table."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -24,12 +43,17 @@ def generate(model, prompts: list[list[int]], *, pad_id: int, eos_id: int, max_n
             for s in range(0, len(prompts), batch_size):
                 chunk = prompts[s: s + batch_size]
                 L = max(len(p) for p in chunk)
+                room = room_for(model, L, max_new_tokens)
+                if room == 0:
+                    out.extend([] for _ in range(len(chunk) * num_return_sequences))
+                    continue
                 ids = torch.full((len(chunk), L), pad_id, dtype=torch.long)
                 att = torch.zeros((len(chunk), L), dtype=torch.long)
                 for i, p in enumerate(chunk):
                     ids[i, L - len(p):] = torch.tensor(p)
                     att[i, L - len(p):] = 1
-                gen = model.generate(input_ids=ids.to(device), attention_mask=att.to(device), **kw)
+                gen = model.generate(input_ids=ids.to(device), attention_mask=att.to(device),
+                                     **{**kw, "max_new_tokens": room})
                 for row in gen[:, L:].tolist():
                     resp = []
                     for t in row:
