@@ -105,9 +105,9 @@ def load_plugin(spec: str, base_dir: str | Path | None = None) -> None:
         path = path.resolve()
         if not path.is_file():
             raise MethodConfigError(f"plugin file {spec!r} not found (looked for {path})")
+        # Executed on every call: loading a plugin twice re-registers the same qualified
+        # names, which the registry accepts, and a registry reset (tests) is refilled.
         modname = "harness_plugin_" + path.stem.replace("-", "_")
-        if modname in sys.modules and getattr(sys.modules[modname], "__file__", None) == str(path):
-            return
         mspec = importlib.util.spec_from_file_location(modname, path)
         module = importlib.util.module_from_spec(mspec)
         sys.modules[modname] = module

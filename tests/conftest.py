@@ -12,3 +12,19 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_method_registry():
+    """Methods a test registers (throwaway names, plugins) vanish after it, so no test sees
+    another's registrations in `methods.available()` or in error messages."""
+    import methods
+
+    methods.available()  # built-ins and entry points first, so they are part of the snapshot
+    saved = dict(methods.REGISTRY._entries)
+    yield
+    methods.REGISTRY._entries.clear()
+    methods.REGISTRY._entries.update(saved)
