@@ -129,7 +129,7 @@ class TrainSpec:
     keep_model: bool = f(False, "keep the final model weights in the cell folder")
     reference_cache: bool = f(True, "cache per-token reference log-probs on disk, shared across cells")
     log_every: int = f(1, "write train_log.jsonl every N steps", POS)
-    trackers: list[str] = f(None, "accelerate trackers: tensorboard, wandb", factory=list)
+    trackers: list[Literal["tensorboard", "wandb"]] = f(None, "accelerate trackers (logs in the cell folder's trackers/)", factory=list)
 
 
 @dataclass

@@ -184,7 +184,10 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
     if len(data) == 0:
         raise ValueError("no training examples left after tokenization")
     run_dir = Path(run_dir)
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg))
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg),
+                                     **_tracker_kwargs(cfg, run_dir))
+    if cfg.trackers:
+        acc.init_trackers(project_name=Path(run_dir).name)
     device = acc.device
     model.to(device)
     model.train()
@@ -257,6 +260,8 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
         last_metrics = rec
         if writer is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             writer.write(rec)
+            if cfg.trackers:
+                acc.log(rec, step=step + 1)
         if on_step is not None:
             on_step(step + 1, rec)
         if bar is not None:
@@ -268,6 +273,8 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
             rotate_checkpoints(ckpt_root, cfg.keep_checkpoints)
     if writer is not None:
         writer.close()
+    if cfg.trackers:
+        acc.end_training()
     if bar is not None:
         bar.close()
     return TrainResult(cfg.steps, step_time, total_tokens, last_metrics, resumed)
@@ -279,6 +286,26 @@ class _null:
 
     def __exit__(self, *a):
         return False
+
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def _tracker_kwargs(cfg: TrainSpec, run_dir: Path) -> dict:
+    """accelerate trackers (train.trackers): logs go to run_dir/trackers/ beside train_log.jsonl."""
+    if not cfg.trackers:
+        return {}
+    import importlib.util
+
+    from ..errors import UserError
+
+    for t in cfg.trackers:
+        if t not in TRACKER_PACKAGES:
+            raise UserError(f"train.trackers: unknown tracker {t!r}; choose from {', '.join(TRACKER_PACKAGES)}")
+        if importlib.util.find_spec(TRACKER_PACKAGES[t]) is None:
+            raise UserError(f"train.trackers: {t!r} needs the {TRACKER_PACKAGES[t]} package "
+                            f"(pip install {TRACKER_PACKAGES[t]}), or remove it from train.trackers")
+    return {"log_with": list(cfg.trackers), "project_dir": str(Path(run_dir) / "trackers")}
 
 
 def _precision(cfg: TrainSpec) -> str:
