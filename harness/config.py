@@ -1002,8 +1002,11 @@ def expand(loaded: LoadedSuite) -> Plan:
                     }
                     id_view = {**config, "model": m_id, "dataset": d_id}
                     cid = f"{slug(v.label)}-{m.name}-{d.name}-s{seed}-{config_hash(id_view)}"
-                    cells.append(Cell(cid, m.name, d.name, v.name, v.label, seed, stage_id,
-                                      {**config, "plugins": plugins}))
+                    stored = {**config, "plugins": plugins}
+                    if evl.get("judge") not in (None, "oracle"):
+                        # as with data paths: the id hashes the path as written, the job reads it resolved
+                        stored["eval"] = {**evl, "judge": str(_resolve(base, evl["judge"]).resolve())}
+                    cells.append(Cell(cid, m.name, d.name, v.name, v.label, seed, stage_id, stored))
     return Plan(suite=s, cells=cells, sft_stages=list(stages.values()))
 
 

@@ -81,3 +81,32 @@ def test_kl_is_zero_for_the_reference_itself_and_sft_row_has_no_self_comparison(
                          max_prompt_length=16, trained=False)
     assert "pref/accuracy" not in m2 and "task/accuracy" in m2
     assert math.isfinite(m2["diversity/distinct_2"])
+
+
+def test_reward_model_judge_scores_and_win_rate(tmp_path):
+    """eval.judge: a saved sequence-classification model scores policy and SFT answers; the
+    scores equal an independent forward of that model on prompt + answer."""
+    from transformers import AutoModelForSequenceClassification, LlamaConfig
+
+    from harness.evaluate.judge import reward_scores
+
+    pol, ref, tok = _models()
+    torch.manual_seed(0)
+    rm = AutoModelForSequenceClassification.from_config(LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        num_labels=1, pad_token_id=tok.pad_token_id))
+    rm.save_pretrained(tmp_path / "rm")
+    tok.save_pretrained(tmp_path / "rm")
+    held = pairs(6, seed=3)
+    spec = schema.EvalSpec(generation_prompts=6, max_new_tokens=5, diversity_prompts=0, kl_samples=0,
+                           semantic_diversity="off", judge=str(tmp_path / "rm"))
+    data = Dataset("d", [], [], held, None, None)
+    m = evaluate_policy(pol, ref, tok, data, methods.get("dpo"), spec, tmp_path / "cell", 0,
+                        max_length=32, max_prompt_length=16)
+    answers = [_greedy(pol, tok, p.prompt, 5) for p in held]
+    with torch.no_grad():
+        want = [rm(torch.tensor([[3 + "0123456789+=".index(c) for c in p.prompt + a]])).logits[0, 0].item()
+                for p, a in zip(held, answers)]
+    assert reward_scores(str(tmp_path / "rm"), [p.prompt for p in held], answers) == pytest.approx(want, rel=1e-4)
+    assert m["task/reward"] == pytest.approx(sum(want) / 6, rel=1e-4)
+    assert "task/accuracy" not in m and 0.0 <= m["winrate/vs_sft"] <= 100.0

@@ -79,12 +79,21 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
         texts = [tok.decode(o, skip_special_tokens=True) for o in outs]
         btexts = [tok.decode(o, skip_special_tokens=True) for o in base]
         scores = bscores = None
-        if data.task is not None:
+        if spec.judge != "oracle":
+            from .judge import reward_scores
+
+            scores = reward_scores(spec.judge, [p.prompt for p in gen_prompts], texts)
+            bscores = reward_scores(spec.judge, [p.prompt for p in gen_prompts], btexts)
+            m["task/reward"] = _mean(scores)
+            m["task/reward_sft"] = _mean(bscores)
+            m["task/n"] = len(scores)
+        elif data.task is not None:
             scores = [data.task.score(p.meta, t) for p, t in zip(gen_prompts, texts)]
             bscores = [data.task.score(p.meta, t) for p, t in zip(gen_prompts, btexts)]
             m["task/accuracy"] = _mean(scores)
             m["task/accuracy_sft"] = _mean(bscores)
             m["task/n"] = len(scores)
+        if scores is not None:
             if spec.winrate:
                 from .winrate import judge_by_oracle, winrate
 
