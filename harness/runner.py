@@ -185,19 +185,6 @@ def _wait_for_stage(suite_dir: Path, folder: Path, poll_s: float = 1.0) -> None:
         time.sleep(poll_s)
 
 
-def _last_logged(log: Path) -> dict:
-    """The last record of a train log ({} without one). A run resumed from its final
-    checkpoint trains no step, so its TrainResult has no metrics of its own; the log kept
-    from before the interruption has them."""
-    from .results import read_jsonl
-
-    try:
-        rows = read_jsonl(log)
-    except FileNotFoundError:
-        return {}
-    return rows[-1] if rows else {}
-
-
 def _require_pairs(tdata, data, what: str, spec) -> None:
     """Every example dropped by tokenization: say so with the data set and the lengths to
     change, instead of an error from deep inside training."""
@@ -261,7 +248,7 @@ def _run_sft(suite_dir: Path, folder: Path) -> dict:
     info = {"wall_s": round(res.wall_s, 3), "steps": res.steps, "tokens": res.tokens,
             "weights_fingerprint": weights_fingerprint(model), "tokenization": tdata.stats,
             "data": data.stats,
-            "final_loss": (res.last_metrics or _last_logged(folder / "train_log.jsonl")).get("loss")}
+            "final_loss": res.last_metrics.get("loss")}
     atomic_write_json(folder / "stage.json", info)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return info
@@ -369,17 +356,15 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
         "data/train_pairs": len(tdata), "data/tokenization": tdata.stats, "data/stats": data.stats,
     })
     if train_res is not None:
-        last = train_res.last_metrics or _last_logged(folder / "train_log.jsonl")
-        metrics["train/final_loss"] = last.get("loss")
+        # a run resumed from its final checkpoint gets these from the log (train())
+        metrics["train/final_loss"] = train_res.last_metrics.get("loss")
         metrics["train/resumed_from"] = train_res.resumed_from
     atomic_write_json(folder / "metrics.json", metrics)
-    if not cfg["train"].get("keep_model"):
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-    else:
+    if cfg["train"].get("keep_model"):
         from .models import save_model
 
         save_model(policy.cpu(), tok, folder / "model")
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/" in k}}
 
 
