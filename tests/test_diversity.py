@@ -111,6 +111,21 @@ def test_self_bleu_two_samples_worked_example():
     assert self_bleu(ids) == pytest.approx(expected, rel=1e-12)
 
 
+def test_short_identical_samples_give_100_at_their_effective_order():
+    # 2- and 3-token answers: BLEU-4 would cap identical samples at 0.1^(2/4) = 31.6% and
+    # 0.1^(1/4) = 56.2% (the smoothed missing 3-/4-gram precisions); BLEU-L gives 100
+    assert bleu(["1", "2"], [["1", "2"]]) == pytest.approx(0.1 ** 0.5)
+    assert self_bleu([["1 2", "1 2"]]) == pytest.approx(100.0)
+    assert self_bleu([["1 2 3", "1 2 3", "1 2 3"]]) == pytest.approx(100.0)
+    # "1 2" vs "1 3": BLEU-2 = (1/2 * 0.1/1) ** (1/2) in both directions
+    assert self_bleu([["1 2", "1 3"]]) == pytest.approx(100 * (0.5 * 0.1) ** 0.5)
+    out = diversity_metrics([["1 2", "1 2"], [CAT, CAT]])
+    assert out["diversity/self_bleu"] == pytest.approx(100.0)
+    assert out["diversity/self_bleu_reduced_order"] == pytest.approx(0.5)
+    # Distinct-4 counts only the prompts with a 4-gram
+    assert out["diversity/distinct_4_prompts"] == 1
+
+
 def test_self_bleu_averages_over_prompts_and_skips_single_samples():
     # prompt 0: 100, prompt 1: 0, prompt 2 has one sample (no references): left out -> 50
     assert self_bleu([[CAT, CAT], ["a b", "c d"], ["x y z"]]) == pytest.approx(50.0)
@@ -150,7 +165,15 @@ def test_predictive_entropy_by_hand():
 def test_diversity_metrics_keys_and_values():
     out = diversity_metrics([[CAT, CAT], ["a b c d e", "f g h i j"]])
     assert set(out) == {"diversity/self_bleu", "diversity/distinct_2", "diversity/distinct_4",
-                        "diversity/entropy"}
+                        "diversity/entropy", "diversity/self_bleu_stderr",
+                        "diversity/distinct_2_stderr", "diversity/distinct_4_stderr",
+                        "diversity/entropy_stderr", "diversity/prompts",
+                        "diversity/distinct_4_prompts", "diversity/self_bleu_reduced_order"}
+    # standard error over the two prompts: |x0 - x1| / 2 (sd of two values / sqrt 2)
+    assert out["diversity/self_bleu_stderr"] == pytest.approx(50.0)
+    assert out["diversity/distinct_2_stderr"] == pytest.approx(0.25)
+    assert out["diversity/prompts"] == 2 and out["diversity/distinct_4_prompts"] == 2
+    assert out["diversity/self_bleu_reduced_order"] == 0.0
     assert out["diversity/self_bleu"] == pytest.approx((100 + 0) / 2)
     # distinct-2: p0 5/10, p1 8/8 -> 0.75;  distinct-4: p0 3/6, p1 4/4 -> 0.75
     assert out["diversity/distinct_2"] == pytest.approx(0.75)

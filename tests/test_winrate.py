@@ -103,6 +103,20 @@ def test_degenerate_inputs_give_nan_with_a_reason(prefs, reason):
     assert not math.isnan(out["winrate/vs_sft"])
 
 
+def test_collapsed_fit_is_flagged_not_passed_off_as_a_measurement():
+    # mostly draws and lengths unrelated to the outcome: the CV picks the strongest L1 penalty
+    # of its grid (C = 1e-4), which zeroes both coefficients: LC = 100 * sigmoid(0) = 50.0
+    rng = np.random.default_rng(1)
+    prefs = rng.choice([1, 1.5, 2], size=60, p=[0.2, 0.6, 0.2]).tolist()
+    out = winrate(prefs, rng.integers(3, 8, 60).tolist(), rng.integers(3, 8, 60).tolist())
+    assert out["winrate/lc_length_coef"] == 0.0 and out["winrate/lc_collapsed"] == 1.0
+    assert out["winrate/lc_vs_sft"] == 50.0 and out["winrate/vs_sft"] != 50.0
+    assert out["winrate/lc_note"].startswith("collapsed: cross-validation chose C = 0.0001")
+    # equal lengths give w_len = 0 by construction: not a collapse (see the test above)
+    equal = [100] * 20
+    assert winrate([2] * 12 + [1] * 8, equal, equal)["winrate/lc_collapsed"] == 0.0
+
+
 def test_non_converged_fit_keeps_its_value_and_says_so():
     # 24 wins and 1 loss: some folds of the CV grid have only wins, and liblinear reports
     # non-convergence there. The value is still a probability, the note tells the reader.

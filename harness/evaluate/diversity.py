@@ -21,6 +21,10 @@ Definitions (docs/metrics.md has the same text and the choices made where papers
   weights 1/4, clipped n-gram precisions against the union of references, brevity penalty with the
   closest reference length, smoothing method1 = 0.1 added to the numerator of a zero precision,
   exactly Texygen's setting). A hypothesis sharing no unigram with its references scores 0.
+  **Effective order**: a hypothesis of L < 4 tokens has no 4-gram, and BLEU-4 would cap it at
+  0.1^((4-L)/4) even against an identical reference (31.6% for L = 2, 56.2% for L = 3), so it is
+  scored with BLEU-L (uniform weights 1/L): identical samples give 100 at every length. The
+  share of hypotheses scored so is written as ``diversity/self_bleu_reduced_order``.
   Averaged over the samples of a prompt, then over prompts (prompts with < 2 samples are left
   out), reported in percent as in the TI-DPO paper's Table B9. Lower = more diverse.
 - Token entropy: Shannon entropy in nats of the unigram distribution of the tokens of one
@@ -50,6 +54,7 @@ __all__ = [
     "token_entropy",
     "predictive_entropy",
     "diversity_metrics",
+    "effective_order",
 ]
 
 
@@ -127,12 +132,16 @@ def distinct_n(samples_per_prompt: Sequence[Sequence[Any]], n: int, *,
     groups = tokenize_samples(samples_per_prompt, tokenizer)
     if level == "corpus":
         groups = [[s for samples in groups for s in samples]]
+    return _mean_or_nan(_distinct_prompts(groups, n))
+
+
+def _distinct_prompts(groups: list[list[tuple]], n: int) -> list[float]:
     ratios = []
     for samples in groups:
         grams = [g for s in samples for g in _ngrams(s, n)]
         if grams:  # a prompt with no n-gram says nothing about diversity
             ratios.append(len(set(grams)) / len(grams))
-    return _mean_or_nan(ratios)
+    return ratios
 
 
 def bleu(hypothesis: Sequence[Hashable], references: Sequence[Sequence[Hashable]], *,
@@ -152,18 +161,34 @@ def bleu(hypothesis: Sequence[Hashable], references: Sequence[Sequence[Hashable]
                                smoothing_function=SmoothingFunction().method1))
 
 
+def effective_order(hypothesis: Sequence[Hashable], max_n: int = 4) -> int:
+    """The BLEU order used for a hypothesis: ``max_n``, or its length when shorter (at least 1)."""
+    return max(1, min(max_n, len(hypothesis)))
+
+
+def _self_bleu_prompts(groups: list[list[tuple]], max_n: int) -> tuple[list[float], int, int]:
+    """(Self-BLEU per prompt in percent, hypotheses scored at a reduced order, hypotheses)."""
+    per_prompt, reduced, total = [], 0, 0
+    for samples in groups:
+        if len(samples) < 2:
+            continue  # no references to compare with
+        scores = []
+        for i, hyp in enumerate(samples):
+            order = effective_order(hyp, max_n)
+            reduced += order < max_n
+            total += 1
+            scores.append(bleu(hyp, [r for j, r in enumerate(samples) if j != i], max_n=order))
+        per_prompt.append(100.0 * float(np.mean(scores)))
+    return per_prompt, reduced, total
+
+
 def self_bleu(samples_per_prompt: Sequence[Sequence[Any]], *, max_n: int = 4,
               tokenizer: Tokenizer = "whitespace") -> float:
     """Self-BLEU in percent (0-100): :func:`bleu` of each sample against the other samples of
-    its prompt, mean over samples, then over prompts. NaN when no prompt has 2 samples."""
-    per_prompt = []
-    for samples in tokenize_samples(samples_per_prompt, tokenizer):
-        if len(samples) < 2:
-            continue  # no references to compare with
-        scores = [bleu(hyp, [r for j, r in enumerate(samples) if j != i], max_n=max_n)
-                  for i, hyp in enumerate(samples)]
-        per_prompt.append(float(np.mean(scores)))
-    return 100.0 * _mean_or_nan(per_prompt)
+    its prompt at the sample's :func:`effective_order`, mean over samples, then over prompts.
+    NaN when no prompt has 2 samples."""
+    per_prompt, _, _ = _self_bleu_prompts(tokenize_samples(samples_per_prompt, tokenizer), max_n)
+    return _mean_or_nan(per_prompt)
 
 
 def token_entropy(samples_per_prompt: Sequence[Sequence[Any]], *,
@@ -171,12 +196,16 @@ def token_entropy(samples_per_prompt: Sequence[Sequence[Any]], *,
     """Unigram entropy (nats) of each prompt's pooled sample tokens, mean over prompts.
 
     Prompts without any token are left out; NaN when none has a token."""
+    return _mean_or_nan(_entropy_prompts(tokenize_samples(samples_per_prompt, tokenizer)))
+
+
+def _entropy_prompts(groups: list[list[tuple]]) -> list[float]:
     values = []
-    for samples in tokenize_samples(samples_per_prompt, tokenizer):
+    for samples in groups:
         counts = Counter(t for s in samples for t in s)
         if counts:
             values.append(float(_scipy_entropy(np.fromiter(counts.values(), dtype=np.float64))))
-    return _mean_or_nan(values)
+    return values
 
 
 def predictive_entropy(logits: Any, mask: Any = None) -> float:
@@ -216,12 +245,23 @@ def diversity_metrics(samples_per_prompt: Sequence[Sequence[Any]], *,
 
     ``diversity/self_bleu`` (percent, lower = more diverse), ``diversity/distinct_2``,
     ``diversity/distinct_4`` (per-prompt ratios in [0, 1]), ``diversity/entropy`` (unigram
-    token entropy in nats). Semantic diversity lives in :mod:`harness.evaluate.semantic`
-    because it needs an embedding model."""
+    token entropy in nats), each with its standard error over prompts (``<key>_stderr``, keys
+    from :mod:`harness.metrics`); ``diversity/prompts`` (prompts given),
+    ``diversity/distinct_4_prompts`` (prompts with at least one 4-gram, the items Distinct-4
+    averages) and ``diversity/self_bleu_reduced_order`` (share of hypotheses shorter than 4
+    tokens, scored at their :func:`effective_order`). Semantic diversity lives in
+    :mod:`harness.evaluate.semantic` because it needs an embedding model."""
+    from harness.metrics import record_item_mean
+
     groups = tokenize_samples(samples_per_prompt, tokenizer)  # tokenize once, reuse below
-    return {
-        "diversity/self_bleu": self_bleu(groups),
-        "diversity/distinct_2": distinct_n(groups, 2),
-        "diversity/distinct_4": distinct_n(groups, 4),
-        "diversity/entropy": token_entropy(groups),
-    }
+    out: dict[str, float] = {}
+    bleu_pp, reduced, total = _self_bleu_prompts(groups, 4)
+    record_item_mean(out, "diversity/self_bleu", bleu_pp)
+    record_item_mean(out, "diversity/distinct_2", _distinct_prompts(groups, 2))
+    d4 = _distinct_prompts(groups, 4)
+    record_item_mean(out, "diversity/distinct_4", d4)
+    record_item_mean(out, "diversity/entropy", _entropy_prompts(groups))
+    out["diversity/prompts"] = len(groups)
+    out["diversity/distinct_4_prompts"] = len(d4)
+    out["diversity/self_bleu_reduced_order"] = reduced / total if total else math.nan
+    return out

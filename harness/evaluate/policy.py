@@ -16,6 +16,10 @@ Returns flat ``metrics.json`` entries (see docs/metrics.md for the definitions):
 * ``diversity/*``: Self-BLEU, Distinct-2/4, entropy (and semantic diversity) of several
   sampled responses per prompt, over the tokenizer's tokens.
 * ``lm_eval/*``: the suite's lm-eval tasks, in-process.
+
+Every metric that averages evaluation items (pairs, prompts, samples) is written with its
+item-level standard error under the key the metric registry (:mod:`harness.metrics`) gives
+it, through :func:`harness.metrics.record_item_mean`.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Any
 import torch
 
 from ..core.batch import pad_stack, sequence_logps
+from ..metrics import record_item_mean
 from ..data.tokenize import encode_prompt, tokenize
 from ..results import JsonlWriter
 from ..schema import EvalSpec
@@ -58,17 +63,19 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
         rr = sequence_logps(ref, td.prompts, td.rejected, pad, bs, device)
         lc = [(a - b).sum().item() for a, b in zip(pc, rc)]
         lr = [(a - b).sum().item() for a, b in zip(pr, rr)]
-        m["pref/accuracy"] = _mean(float(a > b) for a, b in zip(lc, lr))
-        m["pref/accuracy_norm"] = _mean(float(a / len(c) > b / len(r))
-                                        for a, b, c, r in zip(lc, lr, td.chosen, td.rejected))
+        record_item_mean(m, "pref/accuracy", [float(a > b) for a, b in zip(lc, lr)])
+        record_item_mean(m, "pref/accuracy_norm", [float(a / len(c) > b / len(r)) for a, b, c, r
+                                                   in zip(lc, lr, td.chosen, td.rejected)])
         m["pref/n"] = len(td)
         for side, pol, rf in (("chosen", pc, rc), ("rejected", pr, rr)):
-            a, b = _mean(x.sum().item() for x in rf), _mean(x.sum().item() for x in pol)
-            m[f"displacement/{side}_logp_ref"] = a
-            m[f"displacement/{side}_logp_policy"] = b
-            m[f"displacement/{side}_delta"] = b - a
+            a = [x.sum().item() for x in rf]
+            b = [x.sum().item() for x in pol]
+            record_item_mean(m, f"displacement/{side}_logp_ref", a)
+            record_item_mean(m, f"displacement/{side}_logp_policy", b)
+            record_item_mean(m, f"displacement/{side}_delta", [y - x for x, y in zip(a, b)])
         if method is not None:
-            m["pref/reward_accuracy"] = _reward_accuracy(policy, ref, tok, td, method, device, bs)
+            record_item_mean(m, "pref/reward_accuracy",
+                             _reward_accuracy(policy, ref, tok, td, method, device, bs))
     gen_prompts = held[: spec.generation_prompts]
     (Path(out_dir) / "samples.jsonl").unlink(missing_ok=True)  # a re-evaluation starts afresh
     samples = JsonlWriter(Path(out_dir) / "samples.jsonl")
@@ -84,14 +91,14 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
 
             scores = reward_scores(spec.judge, [p.prompt for p in gen_prompts], texts)
             bscores = reward_scores(spec.judge, [p.prompt for p in gen_prompts], btexts)
-            m["task/reward"] = _mean(scores)
-            m["task/reward_sft"] = _mean(bscores)
+            record_item_mean(m, "task/reward", scores)
+            record_item_mean(m, "task/reward_sft", bscores)
             m["task/n"] = len(scores)
         elif data.task is not None:
             scores = [data.task.score(p.meta, t) for p, t in zip(gen_prompts, texts)]
             bscores = [data.task.score(p.meta, t) for p, t in zip(gen_prompts, btexts)]
-            m["task/accuracy"] = _mean(scores)
-            m["task/accuracy_sft"] = _mean(bscores)
+            record_item_mean(m, "task/accuracy", scores)
+            record_item_mean(m, "task/accuracy_sft", bscores)
             m["task/n"] = len(scores)
         if scores is not None:
             if spec.winrate:
@@ -116,7 +123,7 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
         if keep:
             lp = sequence_logps(policy, [p for p, _ in keep], [y for _, y in keep], pad, bs, device)
             lr_ = sequence_logps(ref, [p for p, _ in keep], [y for _, y in keep], pad, bs, device)
-            m["kl/policy_ref"] = _mean((a - b).sum().item() for a, b in zip(lp, lr_))
+            record_item_mean(m, "kl/policy_ref", [(a - b).sum().item() for a, b in zip(lp, lr_)])
     if spec.diversity_prompts and held:
         dp = held[: spec.diversity_prompts]
         pids = [encode_prompt(tok, p.prompt, chat_template)[-max_prompt_length:] for p in dp]
@@ -166,8 +173,9 @@ def _reference_answers(ref, pids, pad, eos, spec, bs, cache_dir, ref_id) -> list
     return out
 
 
-def _reward_accuracy(policy, ref, tok, td, method, device, bs) -> float:
-    """The method's own implicit reward on held-out pairs (its features computed there)."""
+def _reward_accuracy(policy, ref, tok, td, method, device, bs) -> list[float]:
+    """Per held-out pair, 1.0 where the method's own implicit reward prefers the chosen
+    response (its features computed on the held-out pairs)."""
     from ..core.features import Features
     from ..core.train import PreferenceObjective, StepContext
 
@@ -182,7 +190,7 @@ def _reward_accuracy(policy, ref, tok, td, method, device, bs) -> float:
         with torch.no_grad() if "token_weights" not in method.needs else torch.enable_grad():
             _, out, _ = obj.forward(policy, td, idx, ctx)
         wins.extend((out.chosen_rewards > out.rejected_rewards).float().tolist())
-    return _mean(wins)
+    return wins
 
 
 def _lm_eval(policy, tok, data, spec: EvalSpec, out_dir: Path, seed: int, device) -> dict:

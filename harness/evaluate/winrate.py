@@ -30,6 +30,13 @@ Degenerate inputs never raise: fewer than ``min_lc_samples`` judged pairs, or a 
 never varies (all ties, all wins, all losses: a logistic fit of a constant outcome has no finite
 optimum), give ``winrate/lc_vs_sft = NaN`` and a reason in ``winrate/lc_note``. A fit that does
 not converge (length separates wins from losses) keeps its value and says so in the note.
+
+A **collapsed** fit: cross-validation picked an L1 penalty strong enough to set the length
+coefficient ``w_len`` to exactly 0 (often the strongest of the grid, which zeroes ``w_0`` too and
+gives exactly 50.0). Its value is then not a length-controlled estimate but the plain win rate
+shrunk towards 50 by the penalty. It is kept in ``winrate/lc_vs_sft`` (with
+``winrate/lc_length_coef = 0``) but flagged: ``winrate/lc_collapsed = 1`` and a note; the report
+leaves such values out of its statistics and marks them (``harness.report.summary``).
 """
 from __future__ import annotations
 
@@ -64,6 +71,15 @@ class LCFit:
     C: float = math.nan
     n: int = 0
     note: str = ""
+
+    length_varies: bool = True
+
+    @property
+    def collapsed(self) -> bool:
+        """The L1 penalty removed a length term that had something to fit (``w_len == 0``
+        although the lengths differ): not a length-controlled estimate. With equal lengths
+        ``w_len`` is 0 by construction and the value is the plain win rate up to shrinkage."""
+        return self.length_coef == 0.0 and self.length_varies
 
 
 def _import_alpaca_metrics():
@@ -178,13 +194,21 @@ def length_controlled_winrate(preferences: Sequence[float], lengths_model: Seque
             # FutureWarnings are sklearn 1.8+ notices about alpaca-eval's own arguments
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     coefs = dict(zip(test.columns, model.coef_[0]))
+    w_len = float(coefs["np.tanh(std_delta_len)"])
+    C = float(np.ravel(model.C_)[0])
+    if w_len == 0.0 and sd > 0:
+        note = "; ".join(x for x in (
+            f"collapsed: cross-validation chose C = {C:.3g}, an L1 penalty that sets the "
+            "length coefficient to 0; the value is the plain win rate shrunk towards 50, "
+            "not a length-controlled estimate", note) if x)
     return LCFit(
         winrate=float(np.mean(pred) * 100.0),
-        length_coef=float(coefs["np.tanh(std_delta_len)"]),
+        length_coef=w_len,
         baseline_coef=float(coefs["not_gamed_baseline.astype(float)"]),
-        C=float(np.ravel(model.C_)[0]),
+        C=C,
         n=n,
         note=note,
+        length_varies=bool(sd > 0),
     )
 
 
@@ -195,9 +219,10 @@ def winrate(preferences: Sequence[float], lengths_model: Sequence[float] | None 
 
     Returns ``winrate/vs_sft`` (percent), ``winrate/standard_error`` (percent, alpaca-eval's SEM),
     ``winrate/n`` (judged pairs), ``winrate/n_draws``, ``winrate/lc_vs_sft`` (percent or NaN),
-    ``winrate/lc_length_coef`` (w_len) and, only when there is something to say,
-    ``winrate/lc_note``: why the LC win rate is NaN, or that its fit did not converge. Without
-    lengths the LC entries are NaN with a note."""
+    ``winrate/lc_length_coef`` (w_len), ``winrate/lc_collapsed`` (1.0 when the fit collapsed,
+    0.0 when it did not, NaN without a fit) and, only when there is something to say,
+    ``winrate/lc_note``: why the LC win rate is NaN, that its fit collapsed, or that it did not
+    converge. Without lengths the LC entries are NaN with a note."""
     p = _clean_preferences(preferences)
     judged = p[~np.isnan(p)]
     out: dict[str, float | str] = {}
@@ -219,6 +244,8 @@ def winrate(preferences: Sequence[float], lengths_model: Sequence[float] | None 
                                        min_lc_samples=min_lc_samples)
     out["winrate/lc_vs_sft"] = lc.winrate
     out["winrate/lc_length_coef"] = lc.length_coef
+    out["winrate/lc_collapsed"] = (float(lc.collapsed) if math.isfinite(lc.length_coef)
+                                   else math.nan)
     if lc.note:
         out["winrate/lc_note"] = lc.note
     return out

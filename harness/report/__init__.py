@@ -1,8 +1,12 @@
 """The report over a suite's results: ``python -m harness report results/<suite>``.
 
-Parts: :mod:`.collect` reads the results folder into tables; :mod:`.stats` summarizes over
-seeds (bootstrap CIs, paired comparisons); :mod:`.tables` builds the tables (Markdown, LaTeX,
-CSV); :mod:`.plots` the figures (PNG); :mod:`.html` the page that shows them all.
+Parts: :mod:`.collect` reads the results folder into tables (with each cell's provenance);
+:mod:`.stats` the statistics over seeds (Student-t intervals, paired tests, Holm correction,
+minimum detectable effects); :mod:`.summary` puts runs in display units and summarizes them,
+with names, directions and scales from the metric registry :mod:`harness.metrics`;
+:mod:`.tables`, :mod:`.meta_tables`, :mod:`.reported` and :mod:`.profiles` (aggregates across
+tasks after Agarwal et al. 2021) build the tables, rendered by :mod:`.format` (Markdown,
+LaTeX, CSV); :mod:`.plots` the figures (PNG); :mod:`.html` the page that shows them all.
 
 Output folder (default ``results/<suite>/report/``)::
 
@@ -12,14 +16,19 @@ Output folder (default ``results/<suite>/report/``)::
 
 Tables: ``main_<model>_<dataset>`` (one per model and data set, laid out like the paper's
 Table 1), ``main_all`` (averaged, with several groups), ``comparison`` / ``comparison_all``
-(paired against the baseline), ``reported_vs_reproduced`` (when ``reported.csv`` sits in the
-results folder), ``diversity``, ``cost``, ``displacement``, ``status``, ``failed`` (cells
-that failed, diverged or were superseded), ``hparams`` (each only when it has data). Figures: ``bars_accuracy``, ``accuracy_vs_cost``,
-``reward_kl_frontier``, ``training_curves``, ``diversity``, ``label_noise``,
-``token_importance_<label>`` (each only when its data exist; the page says which were skipped).
+(paired against the baseline, Holm-corrected), ``aggregate`` (IQM and probability of
+improvement over tasks, with several groups), ``reward_accuracy`` (each method's own reward),
+``reported_vs_reproduced`` (when ``reported.csv`` sits in the results folder),
+``uncertainty`` (seed interval and item-level SE per main cell), ``diversity``, ``cost``,
+``displacement``, ``status``, ``failed`` (cells that failed, diverged or were superseded),
+``provenance`` (commits and uncommitted changes), ``hparams`` (each only when it has data).
+Figures: ``bars_accuracy``, ``accuracy_vs_cost``, ``reward_kl_frontier``, ``training_curves``,
+``diversity``, ``label_noise``, ``token_importance_<label>``, ``performance_profiles`` (each
+only when its data exist; the page says which were skipped). A smoke run (``run --smoke``)
+says so in the page title, every table title and note, every figure and the index.
 
 Every file is written atomically, and the same results give byte-identical files (no
-timestamps, fixed bootstrap seed, fixed plotting settings). ``MANIFEST`` lists every file
+timestamps, fixed bootstrap seeds, fixed plotting settings). ``MANIFEST`` lists every file
 written with its SHA-256 (``sha256sum -c MANIFEST`` checks them); a rerun overwrites its own
 files and deletes the ones a previous run listed in ``MANIFEST`` but this run did not write
 (e.g. the table of a model no longer in the results). Nothing else in the folder is touched.
@@ -69,11 +78,14 @@ def _write_all(out_dir: Path, files: dict[str, bytes]) -> None:
     atomic_write_text(out_dir / MANIFEST, "\n".join(lines) + "\n")
 
 
-def _report_files(suite_dir: Path, baseline: str | None) -> dict[str, bytes]:
+def _report_files(suite_dir: Path, baseline: str | None) -> tuple[dict[str, bytes], bool]:
+    """The report's files and whether the suite is a smoke run."""
     from .collect import collect
+    from .format import to_csv, to_latex, to_markdown
     from .html import render_html, render_markdown
     from .plots import build_figures
-    from .tables import build_tables, summarize_suite, to_csv, to_latex, to_markdown
+    from .summary import summarize_suite
+    from .tables import build_tables
 
     col = collect(suite_dir, baseline=baseline)
     summ = summarize_suite(col)
@@ -89,7 +101,7 @@ def _report_files(suite_dir: Path, baseline: str | None) -> dict[str, bytes]:
             files[f"figures/{f.name}.png"] = f.png
     files["report.html"] = render_html(col, tables, figures).encode()
     files["report.md"] = render_markdown(col, tables, figures).encode()
-    return files
+    return files, col.smoke
 
 
 def build_report(suite_dir: Path, out_dir: Path | None = None, baseline: str | None = None) -> Path:
@@ -109,18 +121,21 @@ def build_report(suite_dir: Path, out_dir: Path | None = None, baseline: str | N
                         "report` at results/<suite> as written by `python -m harness run "
                         "SUITE.yaml`.")
     if suites == [suite_dir]:
-        _write_all(out_root, _report_files(suite_dir, baseline))
+        _write_all(out_root, _report_files(suite_dir, baseline)[0])
         return out_root
     files: dict[str, bytes] = {}
+    smoke = {}
     for s in suites:
-        _write_all(out_root / s.name, _report_files(s, baseline))
-    links = "".join(f'<li><a href="{escape(s.name)}/report.html">{escape(s.name)}</a></li>'
-                    for s in suites)
+        written, smoke[s] = _report_files(s, baseline)
+        _write_all(out_root / s.name, written)
+    tag = {s: " (SMOKE RUN: not results)" if smoke[s] else "" for s in suites}
+    links = "".join(f'<li><a href="{escape(s.name)}/report.html">{escape(s.name)}</a>'
+                    f'{escape(tag[s])}</li>' for s in suites)
     files["index.html"] = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                            f"<title>Reports: {escape(suite_dir.name)}</title></head><body>"
                            f"<h1>Reports in {escape(suite_dir.name)}</h1><ul>{links}</ul>"
                            "</body></html>\n").encode()
     files["index.md"] = ("# Reports in " + suite_dir.name + "\n\n" +
-                         "".join(f"- [{s.name}]({s.name}/report.md)\n" for s in suites)).encode()
+                         "".join(f"- [{s.name}]({s.name}/report.md){tag[s]}\n" for s in suites)).encode()
     _write_all(out_root, files)
     return out_root

@@ -20,7 +20,9 @@ Sources per cell (see :func:`harness.results.list_cells`):
 * ``train_log.jsonl``: numeric keys per step, as long-form curves (any state, so a diverging
   run's curve up to the fault is visible);
 * ``token_importance.json`` (TI-DPO cells): ``{"examples": [{"pair", "side", "tokens",
-  "weights"}]}``.
+  "weights"}]}``;
+* provenance: ``env.json``'s ``git_commit``, ``git_dirty`` and ``git_dirty_files`` (the code a
+  cell ran), and ``config.yaml``'s ``smoke`` flag (``run --smoke``) and ``sft.per_seed``.
 """
 from __future__ import annotations
 
@@ -38,12 +40,13 @@ from harness.errors import UserError
 from harness.results import CorruptFileError, list_cells, read_json, read_jsonl, read_yaml
 
 __all__ = ["Collected", "collect", "find_suites", "resolve_baseline", "read_reported",
-           "ID_COLUMNS", "TOKEN_IMPORTANCE_FILE", "REPORTED_FILE"]
+           "ID_COLUMNS", "TOKEN_IMPORTANCE_FILE", "REPORTED_FILE", "PROVENANCE_COLUMNS"]
 
 ID_COLUMNS = ["cell_id", "state", "model", "dataset", "method", "label", "seed", "label_noise",
               "data_key"]
 TOKEN_IMPORTANCE_FILE = "token_importance.json"
 REPORTED_FILE = "reported.csv"
+PROVENANCE_COLUMNS = ["git_commit", "git_dirty", "git_dirty_files", "smoke", "sft_per_seed"]
 STATE_ORDER = ["done", "failed", "running", "pending", "new", "unreadable", "superseded"]
 
 
@@ -58,7 +61,10 @@ class Collected:
     ``curves``: long form ``cell_id, model, dataset, method, label, seed, label_noise, step,
     metric, value``. ``labels``: row order for tables (see :func:`_label_order`).
     ``token_importance``: cell id -> list of examples. ``notes``: things the reader should know
-    (unreadable files, baseline fallbacks)."""
+    (unreadable files, baseline fallbacks). ``cells`` also has the provenance columns
+    :data:`PROVENANCE_COLUMNS`. ``smoke``: the results come from ``run --smoke`` (a cell's
+    config says ``smoke: true``, or, for results written before that flag, the suite name
+    ends in ``-smoke`` as ``run --smoke`` names it; ``smoke_inferred`` then)."""
 
     suite: str
     suite_dir: Path
@@ -71,6 +77,8 @@ class Collected:
     token_importance: dict[str, list[dict]] = field(default_factory=dict)
     reported: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
+    smoke: bool = False
+    smoke_inferred: bool = False
 
     @property
     def done(self) -> pd.DataFrame:
@@ -266,6 +274,7 @@ def _cell_row(entry: dict, notes: list[str]) -> tuple[dict, dict[str, float]]:
         "last_metrics": status.get("last_metrics") if entry["state"] == "failed" else None,
         "updated": str(status.get("updated") or ""),
     }
+    row.update(_provenance(d, cfg))
     values = {}
     for k, v in metrics.items():
         if "/" not in k or k.startswith("_"):
@@ -274,6 +283,30 @@ def _cell_row(entry: dict, notes: list[str]) -> tuple[dict, dict[str, float]]:
         if x is not None:
             values[k] = x
     return row, values
+
+
+def _provenance(d: Path, cfg: dict) -> dict:
+    """The code and kind of run behind a cell: env.json's git fields (None when absent or
+    unreadable), the config's smoke flag and whether its SFT stage was trained per seed."""
+    env: Any = None
+    if (d / "env.json").is_file():
+        try:
+            env = read_json(d / "env.json")
+        except (CorruptFileError, OSError):
+            env = None
+    env = env if isinstance(env, dict) else {}
+    commit = env.get("git_commit")
+    dirty = env.get("git_dirty")
+    files = env.get("git_dirty_files")
+    sft = _get(cfg, "sft")
+    return {
+        "git_commit": str(commit) if commit else None,
+        "git_dirty": bool(dirty) if isinstance(dirty, bool) else None,
+        "git_dirty_files": json.dumps(sorted(map(str, files))) if isinstance(files, list) else "[]",
+        "smoke": cfg.get("smoke") is True,
+        "sft_per_seed": bool(isinstance(sft, dict) and sft.get("enabled", True)
+                             and sft.get("per_seed") is True),
+    }
 
 
 def _curves(entry: dict, row: dict, notes: list[str]) -> list[dict]:
@@ -325,7 +358,8 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
                 ti[row["cell_id"]] = ex
     metric_cols = sorted({k for v in values for k in v})
     cells = pd.DataFrame(rows, columns=ID_COLUMNS + ["hparams", "reason", "fault_step",
-                                                     "last_metrics", "updated"])
+                                                     "last_metrics", "updated"]
+                         + PROVENANCE_COLUMNS)
     mvals = pd.DataFrame([[v.get(k, math.nan) for k in metric_cols] for v in values],
                          columns=metric_cols, dtype=float)
     cells = pd.concat([cells, mvals], axis=1)
@@ -350,11 +384,14 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
         for pre in prefixes:
             n = n.replace(pre, "")
         notes[i] = " ".join(n.split())  # one line each (YAML errors span several)
+    smoke = bool(cells["smoke"].any())
+    inferred = not smoke and name.endswith("-smoke")
     return Collected(
         suite=name, suite_dir=suite_dir, cells=cells, curves=curves_df,
         labels=_label_order(cells, suite_yaml), metric_columns=metric_cols,
         baseline=baseline, main_metrics=main,
-        token_importance=ti, reported=reported, notes=notes)
+        token_importance=ti, reported=reported, notes=notes, smoke=smoke or inferred,
+        smoke_inferred=inferred)
 
 
 def _supersede(cells: pd.DataFrame) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from html import escape
 
 from .collect import STATE_ORDER, Collected
+from .format import MISSING, Table, to_markdown
+from .meta_tables import provenance_lines
 from .plots import FigureResult
-from .tables import MISSING, Table, to_markdown
 
 __all__ = ["render_html", "render_markdown", "sections"]
 
@@ -45,9 +46,10 @@ def sections(tables: list[Table], figures: list[FigureResult]) -> list[tuple[str
     """The page's sections in order: (heading, items), items being tables or figures."""
     by = {t.name: t for t in tables}
     main = [t for t in tables if t.name.startswith("main_")]
-    comp = [t for t in tables if t.name.startswith("comparison")]
+    comp = [t for t in tables if t.name.startswith("comparison")] + \
+        [by[n] for n in ("aggregate", "reward_accuracy", "uncertainty") if n in by]
     other = [by[n] for n in ("diversity", "cost", "displacement") if n in by]
-    out = [("Status", [by[n] for n in ("status", "failed") if n in by]),
+    out = [("Status", [by[n] for n in ("status", "failed", "provenance") if n in by]),
            ("Main results", main), ("Comparison with the baseline", comp)]
     if "reported_vs_reproduced" in by:
         out.append(("Reported vs reproduced", [by["reported_vs_reproduced"]]))
@@ -99,8 +101,17 @@ def _figure_html(f: FigureResult) -> str:
             f"<figcaption>{escape(f.caption)}</figcaption></figure>")
 
 
+def _title(col: Collected) -> str:
+    return f"Suite: {col.suite}" + (" (SMOKE RUN: not results)" if col.smoke else "")
+
+
 def _header_lines(col: Collected) -> list[str]:
-    lines = [f"Results folder: {col.suite_dir.name}",
+    lines = []
+    if col.smoke:
+        lines.append("SMOKE RUN (`run --smoke`): every model is a tiny stand-in, data sets and "
+                     "steps are capped; these numbers test the pipeline and are not results"
+                     + (" (inferred from the suite name)." if col.smoke_inferred else "."))
+    lines += [f"Results folder: {col.suite_dir.name}",
              f"Cells: {len(col.cells)} ({_state_counts(col)})",
              f"Baseline for comparisons: {col.baseline if col.baseline else 'none'}"]
     failed = col.cells[col.cells["state"] == "failed"]
@@ -110,14 +121,14 @@ def _header_lines(col: Collected) -> list[str]:
         lines.append(f"WARNING: {len(failed)} cell(s) failed"
                      + (f", {faults} of them diverged (non-finite loss or gradient)" if faults
                         else "") + ": see 'Failed / diverged cells'.")
-    return lines
+    return lines + provenance_lines(col)
 
 
 def render_html(col: Collected, tables: list[Table], figures: list[FigureResult]) -> str:
     secs = sections(tables, figures)
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-           f"<title>Report: {escape(col.suite)}</title>", f"<style>\n{CSS}\n</style>", "</head>",
-           "<body>", f"<h1>Suite: {escape(col.suite)}</h1>",
+           f"<title>Report: {escape(_title(col)[7:])}</title>", f"<style>\n{CSS}\n</style>", "</head>",
+           "<body>", f"<h1>{escape(_title(col))}</h1>",
            "<p>" + "<br>\n".join(escape(x) for x in _header_lines(col)) + "</p>"]
     if col.notes:
         out.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in col.notes)
@@ -140,7 +151,7 @@ def render_html(col: Collected, tables: list[Table], figures: list[FigureResult]
 
 
 def render_markdown(col: Collected, tables: list[Table], figures: list[FigureResult]) -> str:
-    out = [f"# Suite: {col.suite}", ""]
+    out = [f"# {_title(col)}", ""]
     out += [f"- {x}" for x in _header_lines(col)]
     if col.notes:
         out += [""] + [f"- note: {n}" for n in col.notes]

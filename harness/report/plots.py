@@ -6,14 +6,16 @@ seaborn's ``whitegrid`` style and ``paper`` context, the DejaVu Sans font that s
 matplotlib (the result does not depend on the fonts a machine has), a fixed dpi, mathtext off
 (a ``$`` in a token or label stays a ``$``), and PNG metadata without the ``Software`` entry
 (the only metadata matplotlib writes; it names the matplotlib version). Error bars are the
-95% percentile-bootstrap intervals of :mod:`harness.report.stats` (fixed seed), never
-seaborn's own bootstrap. So the same results give the same bytes.
+95% Student-t intervals over seeds of :mod:`harness.report.stats`, never seaborn's own
+bootstrap. So the same results give the same bytes. A smoke run's figures say so in the image
+(top left, red) and in their titles.
 
 Each builder returns a :class:`FigureResult`; when its data are missing the result has no
 image and says why (the HTML report prints that).
 """
 from __future__ import annotations
 
+import contextvars
 import io
 import math
 from contextlib import contextmanager
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .collect import Collected, slug
-from .tables import Summary, display_name
+from .summary import Summary, display_name
 
 __all__ = ["FigureResult", "build_figures", "render_png"]
 
@@ -32,6 +34,8 @@ DIVERSITY = ["diversity/self_bleu", "diversity/distinct_2", "diversity/distinct_
 MAX_TOKENS = 48          # tokens shown per token-importance example
 MAX_EXAMPLES = 4
 DPI = 110
+SMOKE_STAMP = "SMOKE RUN (tiny stand-in models): not results"
+_SMOKE = contextvars.ContextVar("smoke", default=False)
 
 
 @dataclass
@@ -76,6 +80,9 @@ def render_png(fig) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
+    if _SMOKE.get():
+        fig.text(0.005, 0.995, SMOKE_STAMP, ha="left", va="top", color="#c00000", fontsize=7,
+                 fontweight="bold")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
     return buf.getvalue()
@@ -236,7 +243,7 @@ def accuracy_vs_cost(col, summ, colors) -> FigureResult:
     ym = _first(summ, ["task/accuracy", "pref/accuracy"])
     flops = _has(summ, "cost/flops") and bool((summ.values["cost/flops"] > 0).any())
     xm = "cost/flops" if flops else ("cost/train_wall_s" if _has(summ, "cost/train_wall_s") else None)
-    caption = (f"{ym} against {xm} per method (mean and 95% CI over seeds)." if ym and xm
+    caption = (f"{ym} against {xm} per method (mean and 95% t-interval over seeds)." if ym and xm
                else "accuracy against training cost")
     if ym is None or xm is None:
         return FigureResult(name, title, caption, skipped="needs task/accuracy or pref/accuracy "
@@ -315,7 +322,7 @@ def training_curves(col: Collected, summ: Summary, colors) -> FigureResult:
 def label_noise(col: Collected, summ: Summary, colors) -> FigureResult:
     name, title = "label_noise", "Accuracy vs label-noise rate"
     ym = _first(summ, ["task/accuracy", "pref/accuracy"])
-    caption = (f"{ym} (mean and 95% CI over seeds) against the share of training pairs with "
+    caption = (f"{ym} (mean and 95% t-interval over seeds) against the share of training pairs with "
                "chosen and rejected swapped, one line per method; data sets whose configs "
                "differ only in label_noise form one panel (cf. the paper's Table B8).")
     v = summ.values
@@ -415,11 +422,27 @@ def token_importance(col: Collected, colors) -> list[FigureResult]:
 # --------------------------------------------------------------------------------- all
 def build_figures(col: Collected, summ: Summary) -> list[FigureResult]:
     """Every figure of the report, in reading order (skipped ones included, without image)."""
+    from .profiles import profile_figure
+
+    token = _SMOKE.set(bool(col.smoke))
+    try:
+        figs = _figures(col, summ)
+        with _style():
+            figs.append(profile_figure(col, summ, _colors(col.labels)))
+    finally:
+        _SMOKE.reset(token)
+    if col.smoke:
+        for f in figs:
+            f.title = f"SMOKE RUN: {f.title}"
+    return figs
+
+
+def _figures(col: Collected, summ: Summary) -> list[FigureResult]:
     with _style():
         colors = _colors(col.labels)
         figs = [
             _bars_figure("bars_accuracy", "Accuracy per method",
-                         "Task and preference accuracy (percent), mean and 95% CI over seeds; "
+                         "Task and preference accuracy (percent), mean and 95% t-interval over seeds; "
                          "bars grouped by model / data set when there are several.",
                          ["task/accuracy", "pref/accuracy"], col, summ, colors),
             accuracy_vs_cost(col, summ, colors),
@@ -427,7 +450,7 @@ def build_figures(col: Collected, summ: Summary) -> list[FigureResult]:
             training_curves(col, summ, colors),
             _bars_figure("diversity", "Diversity of samples",
                          "Self-BLEU (percent, lower = more diverse), Distinct-2/4 and token "
-                         "entropy (higher = more diverse), mean and 95% CI over seeds.",
+                         "entropy (higher = more diverse), mean and 95% t-interval over seeds.",
                          DIVERSITY, col, summ, colors),
             label_noise(col, summ, colors),
         ]
