@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -39,6 +40,7 @@ TASK = {
 METHOD = {"dpo": "dpo", "simpo_norm": "simpo", "tidpo": "tidpo"}
 NOISE = {"arith": 0.0, "arith_noise20": 0.2}
 KL = {"dpo": 1.0, "simpo_norm": 2.0, "tidpo": 1.5}
+SEPARATED = {"dpo": 0.0, "simpo_norm": 0.02, "tidpo": 0.3}
 
 REPORTED = (
     "method,model,MMLU,GSM8K,GPQA,HumanEval,TruthfulQA,IFEval,Avg,note\n"
@@ -61,6 +63,10 @@ def _metrics(ds: str, label: str, seed: int, acc: float) -> dict:
         "cell_id": "x", "suite": "toy", "model": "tiny", "dataset": ds, "method": METHOD[label],
         "label": label, "seed": seed, "hparams": {"beta": 0.1},
         "task/accuracy": acc, "pref/accuracy": acc + 0.1, "winrate/vs_sft": 100 * acc - 10,
+        # a column where tidpo is far ahead with little seed noise: the corrected test separates
+        "pref/accuracy_norm": 0.5 + SEPARATED[label] + 0.01 * seed + 0.001 * seed ** 2 * (
+            label == "tidpo"),
+        "task/n": 200, "pref/n": 100,
         "lm_eval/gsm8k/exact_match_strict_match": acc - 0.2,
         "lm_eval/gsm8k/exact_match_flexible_extract": acc - 0.1,
         "lm_eval/mmlu/acc": acc - 0.1 + 0.01 * seed, "lm_eval/mmlu/acc_stderr": 0.01,
@@ -198,22 +204,28 @@ def test_main_table_layout_best_and_ci_text(report):
     assert "lm_eval/gsm8k/exact_match_strict_match" in md  # headline: strict, not flexible
     tid, dpo = _md_row(md, "tidpo"), _md_row(md, "dpo")
     col = header.index("Task acc.")
-    assert tid[col].startswith("**69.0 ± ") and tid[col].endswith("**")
-    assert dpo[col].startswith("62.0 ± ") and "**" not in dpo[col]
-    # half-width of the percentile interval of (0.60, 0.64, 0.62): at most (64 - 60) / 2
-    half = float(dpo[col].split("±")[1])
-    assert 0 < half <= 2.0
+    # tidpo has the highest mean, but its per-seed lead over dpo (10, 2, 9 points) gives a
+    # paired t p = 0.11 before correction: not separated, so not bold
+    assert tid[col] == "69.0 ± 6.6" and dpo[col] == "62.0 ± 5.0"
+    # half-width: sd 2, se 2/sqrt(3) = 1.1547, t_{2, 0.975} = 4.3027 -> 4.968
+    sep = header.index("Pref. acc. (len-norm.)")
+    assert tid[sep].startswith("**81.2 ± ") and tid[sep].endswith("**")  # 80, 81.1, 82.4
+    assert "Holm-corrected over the" in md and "1 column(s) qualify" in md
     csv = pd.read_csv(out / "tables" / "main_tiny_arith.csv")
     best = csv[csv.best]
-    assert set(best.label) == {"tidpo"}
-    assert set(csv[csv.label == "tidpo"].metric) == set(best.metric)
+    assert set(zip(best.label, best.metric)) == {("tidpo", "pref/accuracy_norm")}
+    # item-level SE recovered from the share and the item count: sqrt(p (1 - p) / (n - 1))
+    r = csv[(csv.label == "dpo") & (csv.metric == "task/accuracy")].iloc[0]
+    want = np.mean([100 * (a * (1 - a) / 199) ** 0.5 for a in TASK[("arith", "dpo")]])
+    assert r.item_se == pytest.approx(want)
+    assert "includes the variance of: training seed." in md and "Not the SFT seed" in md
     # the CSV has numbers, not strings
-    for c in ("mean", "std", "ci_low", "ci_high", "scale"):
+    for c in ("mean", "std", "ci_low", "ci_high", "scale", "item_se"):
         assert pd.api.types.is_float_dtype(csv[c]), c
     assert pd.api.types.is_integer_dtype(csv["n"])
     assert pd.api.types.is_bool_dtype(csv["best"])
     row = csv[(csv.label == "dpo") & (csv.metric == "task/accuracy")].iloc[0]
-    assert row.ci_low <= 62.0 <= row.ci_high
+    assert (row.ci_low, row.ci_high) == pytest.approx((62 - 4.9683, 62 + 4.9683), abs=1e-3)
     assert row["std"] == pytest.approx(2.0)  # sample std of 60, 64, 62
 
 
@@ -221,7 +233,7 @@ def test_latex_is_escaped(report):
     _, out, *_ = report
     tex = (out / "tables" / "main_tiny_arith_noise20.tex").read_text()
     assert r"arith\_noise20" in tex and r"\toprule" in tex and r"\bottomrule" in tex
-    assert r"\textbf{64.0 $\pm$" in tex
+    assert r"\textbf{" in tex
     for f in (out / "tables").glob("*.tex"):
         body = f.read_text().split("\n", 1)[1]  # the first line is a LaTeX comment
         assert not re.search(r"(?<!\\)[_%#]", body), f.name
@@ -242,11 +254,21 @@ def test_comparison_against_baseline_is_paired_by_seed(report):
     # per-seed differences tidpo - dpo: 10, 2, 9 points -> mean 7.0
     assert r["diff"] == pytest.approx(7.0)
     assert r.n_pairs == 3 and r.baseline == "dpo"
-    assert r.diff_ci_low <= 7.0 <= r.diff_ci_high
-    assert bool(r.within_noise) == (r.diff_ci_low <= 0 <= r.diff_ci_high)
+    # paired t on (10, 2, 9): sd 4.3589, t = 7 / (4.3589 / sqrt 3) = 2.7815, df 2:
+    # p = 1 - t / sqrt(2 + t^2) = 0.1086; Holm over the table can only raise it
+    assert r.p_value == pytest.approx(1 - 2.78152 / (2 + 2.78152 ** 2) ** 0.5, abs=1e-4)
+    assert r.p_adjusted >= r.p_value and r.correction == "Holm"
+    assert r.verdict == "not distinguishable at n = 3"
+    assert r.p_signflip == 0.25 and r.p_signflip_min == 0.25  # all 3 differences positive
+    assert r.mde > 7.0  # the observed 7 points are below what 3 seeds can resolve here
     assert "dpo" not in set(csv.label)  # the baseline is not compared with itself
+    # the separated column gets a verdict after correction
+    s = csv[(csv.label == "tidpo") & (csv.metric == "pref/accuracy_norm")
+            & (csv.dataset == "arith")].iloc[0]
+    assert s.verdict == "better" and s.p_adjusted < 0.05
     md = (out / "tables" / "comparison.md").read_text()
-    assert "Δ vs dpo" in md and "| better |" in md and "| worse |" in md
+    assert "Δ vs dpo" in md and "| better |" in md and "p (Holm)" in md
+    assert "Holm-corrected over all" in md
 
 
 # ------------------------------------------------------------------------- failures, status
@@ -314,7 +336,7 @@ def test_html_and_markdown_reference_every_figure_and_table(report):
         assert f"(figures/{p.name})" in md
     for p in (out / "tables").glob("*.csv"):
         assert f'href="tables/{p.name}"' in html
-    assert "<b>69.0 ± " in html
+    assert "<b>81.2 ± " in html and "<b>69.0" not in html
     assert "Baseline for comparisons: dpo" in html
     manifest = (out / "MANIFEST").read_text().splitlines()
     listed = {line.split("  ", 1)[1] for line in manifest}
@@ -361,7 +383,8 @@ def test_missing_data_skips_figures_and_says_so(tmp_path):
     figs = {p.stem for p in (out / "figures").glob("*.png")}
     assert figs == {"bars_accuracy"}
     html = (out / "report.html").read_text()
-    assert html.count("Figure skipped") == 6  # cost, KL, curves, diversity, noise, tokens
+    # cost, KL, curves, diversity, noise, tokens, performance profiles (one group)
+    assert html.count("Figure skipped") == 7
     csv = pd.read_csv(out / "tables" / "main_m_d.csv")
     assert csv["mean"].tolist() == [pytest.approx(55.0)]
     assert not (out / "tables" / "comparison.csv").exists()  # one method: nothing to compare
@@ -376,7 +399,8 @@ def test_missing_data_skips_figures_and_says_so(tmp_path):
 
 def test_headline_metrics_match_the_lm_eval_module():
     from harness.evaluate.lmeval import STANDARD_BENCHMARKS
-    from harness.report.tables import HEADLINE_METRIC, lm_eval_headlines
+    from harness.metrics import HEADLINE_METRIC
+    from harness.report.summary import lm_eval_headlines
 
     assert HEADLINE_METRIC == {k: b.metric for k, b in STANDARD_BENCHMARKS.items()}
     got = lm_eval_headlines(["lm_eval/gsm8k/exact_match_flexible_extract",

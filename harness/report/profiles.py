@@ -86,16 +86,21 @@ def _strata(summ: Summary, label: str, metric: str) -> dict[tuple, np.ndarray]:
 
 
 def performance_profile(strata: list[np.ndarray], taus: np.ndarray):
-    """(share of runs > tau, low, high) per tau, pooled over strata, with stratified bands."""
-    pts, lo, hi = [], [], []
-    for t in taus:
-        def share(*s, axis=-1, t=t):
-            return (np.concatenate(s, axis=axis) > t).mean(axis=axis)
-        p, a, b = stratified_ci(strata, share)
-        pts.append(p)
-        lo.append(a)
-        hi.append(b)
-    return np.array(pts), np.array(lo), np.array(hi)
+    """(share of runs > tau, low, high) per tau, pooled over strata, with stratified bands
+    (one bootstrap for all taus: the statistic returns one value per tau)."""
+    taus = np.asarray(taus, dtype=np.float64)
+
+    def share(*s, axis=-1):
+        x = np.moveaxis(np.concatenate(s, axis=axis), axis, -1)
+        return np.moveaxis((x[..., None, :] > taus[:, None]).mean(axis=-1), -1, 0)
+
+    point = (np.concatenate(strata)[None, :] > taus[:, None]).mean(axis=-1)
+    if any(len(x) < 2 for x in strata):
+        return point, np.full_like(point, np.nan), np.full_like(point, np.nan)
+    res = stats.bootstrap(tuple(strata), share, vectorized=True, paired=False,
+                          method="percentile", n_resamples=N_BOOT, confidence_level=CONFIDENCE,
+                          rng=np.random.default_rng(0))
+    return point, np.asarray(res.confidence_interval.low), np.asarray(res.confidence_interval.high)
 
 
 def _ci_text(p: float, lo: float, hi: float, sp: str) -> str:

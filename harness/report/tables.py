@@ -31,7 +31,7 @@ from .collect import Collected, slug
 from .format import MISSING, Table, fmt_num, fmt_stat
 from .meta_tables import hparams_table, provenance_table, status_tables
 from .reported import reported_table
-from .stats import ALPHA, CORRECTIONS, adjust, mde, paired_test, verdicts
+from .stats import ALPHA, CORRECTIONS, adjust, mde, paired_p, verdicts
 from .summary import GROUP, LC_KEY, Summary, direction, display_name, scale_of, spec
 
 __all__ = ["build_tables", "main_tables", "comparison_tables", "sources_note"]
@@ -91,8 +91,9 @@ def _separated_best(summ: Summary, group, labels: list[str], metrics: list[str])
                 continue
             b = runs[runs["label"] == labels[i]].set_index("seed")[m]
             seeds = a.dropna().index.intersection(b.dropna().index).sort_values()
-            p = paired_test(a.loc[seeds].to_numpy(float), b.loc[seeds].to_numpy(float))["p_value"]
-            tests.append(p if math.isfinite(p) else 1.0)  # untestable: not separated
+            d = a.loc[seeds].to_numpy(float) - b.loc[seeds].to_numpy(float)
+            # fewer than 2 paired seeds: untestable, so not separated
+            tests.append(float(paired_p(d[None, :])[0]) if len(d) >= 2 else 1.0)
             owners.append(m)
     padj = adjust(tests, CORRECTION) if tests else np.array([])
     flags = {m: [False] * len(labels) for m in metrics}
