@@ -141,7 +141,12 @@ def _load(args):
             loaded.suite.plugins.append(ref)
             known.add(ref)
     _check_data(loaded)
-    return loaded, config.expand(loaded)
+    plan = config.expand(loaded)
+    if getattr(args, "smoke", False):
+        from .smoke import mark_plan
+
+        mark_plan(plan)  # config.yaml says smoke: true; ids are unchanged
+    return loaded, plan
 
 
 def _check_data(loaded) -> None:

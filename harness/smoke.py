@@ -5,7 +5,12 @@ suite gives one), every hub or file data set an embedded task, every standard lm
 benchmark its local stand-in (``harness.evaluate.lmeval.smoke_standin``), and step counts
 and evaluation sizes are capped. Methods, hyperparameters, seeds and the stage structure are
 kept, so what runs is the suite's own plan in miniature. Results go to ``<suite>-smoke`` so
-they never mix with real ones. Nothing here downloads anything.
+they never mix with real ones, and every cell's and stage's ``config.yaml`` says
+``smoke: true`` (:func:`mark_plan`), which the report reads to label every table and figure
+as a smoke run. The flag is added after the cell ids are hashed: a smoke cell's id differs from
+a real one's anyway (suite name, models and sizes differ), and a real suite's ids and configs
+carry no ``smoke`` key at all, so they stay byte for byte what they were. Nothing here
+downloads anything.
 """
 from __future__ import annotations
 
@@ -75,3 +80,12 @@ def smoke_suite(loaded):
     if s.launcher.type == "slurm":
         s.launcher = dataclasses.replace(s.launcher, type="inline")
     return loaded
+
+
+def mark_plan(plan) -> None:
+    """Add ``smoke: true`` to every cell's and SFT stage's stored config (written to its
+    ``config.yaml``); ids are already computed and do not change."""
+    for c in plan.cells:
+        c.config["smoke"] = True
+    for st in plan.sft_stages:
+        st.config["smoke"] = True
