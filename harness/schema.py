@@ -138,7 +138,8 @@ class SFTSpec(TrainSpec):
     data: Literal["chosen", "sft"] = f(
         "sft", "chosen: NLL on the chosen responses of the preference data; sft: the data set's SFT split "
         "(embedded tasks provide one; other data fall back to chosen)")
-    per_seed: bool = f(False, "one SFT checkpoint per seed instead of one per (model, data set)")
+    per_seed: bool = f(True, "one SFT checkpoint per seed (so seed intervals include SFT variance); "
+                       "false: one per (model, data set), shared by every seed")
 
 
 # -------------------------------------------------------------------------- evaluation
@@ -174,7 +175,7 @@ class LauncherSpec:
 
 @dataclass
 class ReportSpec:
-    baseline: str = f("dpo", "row that other methods are compared against (paired bootstrap)")
+    baseline: str = f("dpo", "row that other methods are compared against (paired t-test per seed, Holm-corrected)")
     metrics: list[str] = f(None, "metrics in the main table; default: all accuracy metrics", factory=list)
 
 

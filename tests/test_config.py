@@ -209,7 +209,8 @@ def test_empty_file_and_missing_file(tmp_path):
 @needs_tasks
 @pytest.mark.parametrize("name, n_cells, n_stages", [
     ("minimal", 1, 1),      # 1 model x 1 data set x 1 method x 1 seed; 1 stage
-    ("grid", 24, 2),        # 1 x 2 x (2*2 dpo + ipo + sft = 6) x 2 seeds; a stage per data set
+    ("grid", 24, 4),        # 1 x 2 x (2*2 dpo + ipo + sft = 6) x 2 seeds; a stage per data set
+                            # and seed (sft.per_seed defaults to true)
     ("local_data", 6, 3),   # 1 x 1 x 2 x 3 seeds; per_seed stages: 3
     ("no_sft", 2, 0),       # 2 models x 1 x 1 x 1; sft disabled
 ])
@@ -311,7 +312,7 @@ def test_describe_plan_reads_status_and_estimates_compute(tmp_path):
     assert "1 cell = 1 model x 1 data set x 1 method variant x 1 seed; 1 SFT stage" in text
     assert "Status: 1 done" in text
     assert re.search(rf"dpo\s+tiny\s+add\s+0\s+done\s+{cell.cell_id}", text)
-    assert re.search(rf"tiny\s+add\s+-\s+200\s+new\s+{plan.sft_stages[0].stage_id}", text)
+    assert re.search(rf"tiny\s+add\s+0\s+200\s+new\s+{plan.sft_stages[0].stage_id}", text)
     # defaults: steps 200 x batch 8 x accum 1 x max_length 512 x 2 = 1,638,400 preference
     # tokens; SFT 200 x 8 x 1 x 512 = 819,200; total 2,457,600
     assert "1.64M preference + 819k SFT = 2.46M" in text
@@ -358,8 +359,8 @@ def test_readme_example_suite_is_valid(tmp_path):
     f = tmp_path / "example.yaml"
     f.write_text(example)
     plan = expand(load_suite(f))
-    # 1 model x 1 data set x (sft + 3 dpo + ipo + SimPO = 6) x 3 seeds, one stage
-    assert len(plan.cells) == 18 and len(plan.sft_stages) == 1
+    # 1 model x 1 data set x (sft + 3 dpo + ipo + SimPO = 6) x 3 seeds, one stage per seed
+    assert len(plan.cells) == 18 and len(plan.sft_stages) == 3
 
 
 def test_loaded_suite_records_source_and_hash(tmp_path):
