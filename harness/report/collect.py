@@ -63,8 +63,9 @@ class Collected:
     ``token_importance``: cell id -> list of examples. ``notes``: things the reader should know
     (unreadable files, baseline fallbacks). ``cells`` also has the provenance columns
     :data:`PROVENANCE_COLUMNS`. ``smoke``: the results come from ``run --smoke`` (a cell's
-    config says ``smoke: true``, or, for results written before that flag, the suite name
-    ends in ``-smoke`` as ``run --smoke`` names it; ``smoke_inferred`` then)."""
+    config says ``smoke: true``, or, for results written before that flag, the suite name in
+    the cells' configs ends in ``-smoke`` as ``run --smoke`` names it; ``smoke_inferred``
+    then)."""
 
     suite: str
     suite_dir: Path
@@ -385,7 +386,8 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
             n = n.replace(pre, "")
         notes[i] = " ".join(n.split())  # one line each (YAML errors span several)
     smoke = bool(cells["smoke"].any())
-    inferred = not smoke and name.endswith("-smoke")
+    cfg_suites = {str(_get(e.get("config"), "suite")) for e in entries}
+    inferred = not smoke and any(x.endswith("-smoke") for x in cfg_suites | {name})
     return Collected(
         suite=name, suite_dir=suite_dir, cells=cells, curves=curves_df,
         labels=_label_order(cells, suite_yaml), metric_columns=metric_cols,
