@@ -32,8 +32,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 __all__ = ["Metric", "register", "get", "known", "all_metrics", "by_family", "record_item_mean",
-           "item_mean", "binary_stderr", "reward_family", "BENCHMARK_COLUMNS", "HEADLINE_METRIC", "AVG_KEY",
-           "SOURCE_TRAINING_SEED", "SOURCE_SFT_SEED", "SOURCE_ITEMS"]
+           "item_mean", "binary_stderr", "reward_family", "BENCHMARK_COLUMNS", "HEADLINE_METRIC",
+           "AVG_KEY", "SOURCE_TRAINING_SEED", "SOURCE_SFT_SEED", "SOURCE_ITEMS"]
 
 SOURCE_TRAINING_SEED = "training seed"
 SOURCE_SFT_SEED = "SFT seed"
@@ -196,8 +196,8 @@ def _r(key, display, family, direction=0, fmt=".4g", **kw) -> Metric:
 _PCT = {"scale": 100.0, "unit": "%", "fmt": ".1f"}
 _pairs = "held-out pairs"
 _prompts = "generation prompts"
-_r("task/accuracy", "Task acc.", "accuracy", +1, items=_prompts, stderr_key="task/accuracy_stderr",
-   n_key="task/n", help="exact match of greedy answers (embedded task oracle)", **_PCT)
+_r("task/accuracy", "Task acc.", "accuracy", +1, items=_prompts,
+   stderr_key="task/accuracy_stderr", n_key="task/n", help="exact match of greedy answers (embedded task oracle)", **_PCT)
 _r("task/accuracy_sft", "Task acc. (SFT)", "task", 0, items=_prompts,
    stderr_key="task/accuracy_sft_stderr", n_key="task/n", help="the SFT policy's task accuracy", **_PCT)
 _r("task/reward", "Judge reward", "task", +1, ".3f", items=_prompts,
@@ -205,9 +205,11 @@ _r("task/reward", "Judge reward", "task", +1, ".3f", items=_prompts,
 _r("task/reward_sft", "Judge reward (SFT)", "task", 0, ".3f", items=_prompts,
    stderr_key="task/reward_sft_stderr")
 _r("pref/accuracy", "Pref. acc.", "accuracy", +1, items=_pairs,
-   stderr_key="pref/accuracy_stderr", n_key="pref/n", help="summed log-ratio prefers the chosen response", **_PCT)
+   stderr_key="pref/accuracy_stderr", n_key="pref/n",
+   help="summed log-ratio prefers the chosen response", **_PCT)
 _r("pref/accuracy_norm", "Pref. acc. (len-norm.)", "accuracy", +1, items=_pairs,
-   stderr_key="pref/accuracy_norm_stderr", n_key="pref/n", help="per-token log-ratio prefers chosen", **_PCT)
+   stderr_key="pref/accuracy_norm_stderr", n_key="pref/n",
+   help="per-token log-ratio prefers chosen", **_PCT)
 _r("winrate/vs_sft", "Win rate vs SFT", "accuracy", +1, ".1f", unit="%", items=_prompts,
    stderr_key="winrate/standard_error", help="alpaca-eval win rate against the SFT policy")
 _r("winrate/lc_vs_sft", "LC win rate vs SFT", "accuracy", +1, ".1f", unit="%", aggregation="fit",

@@ -169,8 +169,6 @@ def length_controlled_winrate(preferences: Sequence[float], lengths_model: Seque
         "not_gamed_baseline": np.ones(n, dtype=bool),
     })
     df_test = pd.DataFrame({"std_delta_len": np.zeros(n), "not_gamed_baseline": np.ones(n, bool)})
-    from sklearn.exceptions import ConvergenceWarning
-
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -182,17 +180,7 @@ def length_controlled_winrate(preferences: Sequence[float], lengths_model: Seque
                 pred = model.predict_proba(test)[:, 1]
     except ValueError as e:  # e.g. a CV fold sklearn cannot fit; report, never crash
         return LCFit(math.nan, n=n, note=f"length-controlled fit failed: {e}")
-    note = ""
-    for w in caught:
-        if issubclass(w.category, ConvergenceWarning):
-            # near-constant outcomes or length separating wins from losses send some fit of
-            # the C grid towards infinite coefficients; keep the value but say so
-            note = ("liblinear did not converge in the cross-validated length-controlled fit "
-                    "(almost all pairs share one outcome, or length separates wins from "
-                    "losses); read the LC win rate with care")
-        elif not issubclass(w.category, FutureWarning):
-            # FutureWarnings are sklearn 1.8+ notices about alpaca-eval's own arguments
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    note = _convergence_note(caught)
     coefs = dict(zip(test.columns, model.coef_[0]))
     w_len = float(coefs["np.tanh(std_delta_len)"])
     C = float(np.ravel(model.C_)[0])
@@ -210,6 +198,24 @@ def length_controlled_winrate(preferences: Sequence[float], lengths_model: Seque
         note=note,
         length_varies=bool(sd > 0),
     )
+
+
+def _convergence_note(caught) -> str:
+    """The note for a fit whose warnings include liblinear's ConvergenceWarning; other warnings
+    are re-raised, except sklearn 1.8+'s FutureWarnings about alpaca-eval's own arguments."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    note = ""
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            # near-constant outcomes or length separating wins from losses send some fit of
+            # the C grid towards infinite coefficients; keep the value but say so
+            note = ("liblinear did not converge in the cross-validated length-controlled fit "
+                    "(almost all pairs share one outcome, or length separates wins from "
+                    "losses); read the LC win rate with care")
+        elif not issubclass(w.category, FutureWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return note
 
 
 def winrate(preferences: Sequence[float], lengths_model: Sequence[float] | None = None,

@@ -322,8 +322,8 @@ def training_curves(col: Collected, summ: Summary, colors) -> FigureResult:
 def label_noise(col: Collected, summ: Summary, colors) -> FigureResult:
     name, title = "label_noise", "Accuracy vs label-noise rate"
     ym = _first(summ, ["task/accuracy", "pref/accuracy"])
-    caption = (f"{ym} (mean and 95% t-interval over seeds) against the share of training pairs with "
-               "chosen and rejected swapped, one line per method; data sets whose configs "
+    caption = (f"{ym} (mean and 95% t-interval over seeds) against the share of training "
+               "pairs with chosen and rejected swapped, one line per method; data sets whose configs "
                "differ only in label_noise form one panel (cf. the paper's Table B8).")
     v = summ.values
     if ym is None or not len(v) or v["label_noise"].nunique() < 2:
@@ -442,8 +442,8 @@ def _figures(col: Collected, summ: Summary) -> list[FigureResult]:
         colors = _colors(col.labels)
         figs = [
             _bars_figure("bars_accuracy", "Accuracy per method",
-                         "Task and preference accuracy (percent), mean and 95% t-interval over seeds; "
-                         "bars grouped by model / data set when there are several.",
+                         "Task and preference accuracy (percent), mean and 95% t-interval over "
+                         "seeds; bars grouped by model / data set when there are several.",
                          ["task/accuracy", "pref/accuracy"], col, summ, colors),
             accuracy_vs_cost(col, summ, colors),
             reward_kl(col, summ, colors),

@@ -43,8 +43,9 @@ from scipy import stats
 
 from harness.errors import UserError
 
-__all__ = ["summarize", "t_interval", "paired_test", "signflip_test", "adjust", "holm", "mde", "aggregate",
-           "t_power", "paired_p", "verdicts", "AGGREGATE_COLUMNS", "CONFIDENCE", "ALPHA", "POWER", "CORRECTIONS"]
+__all__ = ["summarize", "t_interval", "paired_test", "signflip_test", "adjust", "holm", "mde",
+           "aggregate", "t_power", "paired_p", "verdicts", "AGGREGATE_COLUMNS", "CONFIDENCE",
+           "ALPHA", "POWER", "CORRECTIONS"]
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
