@@ -9,6 +9,9 @@ A method is registered with ``@methods.register("name")`` on a ``PreferenceMetho
 subclass, in a module of this package, in a plugin module named on the command line or in
 a suite (``load_plugin``), or in an installed package declaring an entry point in the group
 ``harness.methods``. Formulas and sources: each module's docstring and REFERENCE.md.
+
+``import methods`` loads no torch: the method modules import it through ``methods._torch``
+on their first tensor operation, so listing and checking methods stays fast.
 """
 from __future__ import annotations
 
@@ -26,15 +29,15 @@ from .base import (
     LossOutput,
     MethodConfigError,
     PreferenceMethod,
-    Range,
     TokenBatch,
 )
-from .registry import Registry, RegistryError, did_you_mean
+from .registry import Registry, RegistryError
+from .settings import Range, SettingError, did_you_mean
 
 __all__ = [
     "FEATURES", "BatchError", "HParam", "LossOutput", "MethodConfigError", "PreferenceMethod",
-    "Range", "Registry", "RegistryError", "TokenBatch", "available", "get", "get_class",
-    "load_plugin", "register", "did_you_mean",
+    "Range", "Registry", "RegistryError", "SettingError", "TokenBatch", "available", "get",
+    "get_class", "load_plugin", "register", "did_you_mean",
 ]
 
 ENTRY_POINT_GROUP = "harness.methods"
@@ -63,7 +66,7 @@ def _discover() -> None:
         return
     _discovered = True
     for info in pkgutil.iter_modules(__path__):
-        if info.name not in ("base", "registry") and not info.name.startswith("_"):
+        if info.name not in ("base", "registry", "settings") and not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}")
     from importlib.metadata import entry_points
 

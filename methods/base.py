@@ -5,27 +5,40 @@ computes. Subclasses declare
 
 * ``needs``: the features the core must compute (a subset of ``FEATURES``);
 * hyperparameters: annotated class fields with defaults. ``Annotated[float, Range(gt=0)]``
-  adds a range, ``Literal[...]`` a set of choices; the base class turns them into validated
-  keyword arguments of the constructor;
+  adds a range, ``Literal[...]`` a set of choices; the base class turns them into keyword
+  arguments of the constructor, checked by ``methods.settings`` (the rules every typed setting
+  of the project follows: an ``int`` takes only integers, a ``float`` any finite number);
 * ``loss(batch) -> LossOutput``.
+
+Importing this module loads no torch (``methods._torch``): the registry and the
+hyperparameter checks serve ``harness validate`` and ``report``, which need no tensors.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Optional, get_args, get_origin
 
-import torch
-
-from .registry import did_you_mean
+from ._torch import torch
+from .settings import Range, SettingError, check_value, unknown_key
 
 FEATURES = frozenset({"reference", "token_kl", "token_weights", "anchor"})
 
 
-class MethodConfigError(ValueError):
-    """A method name, hyperparameter or value that cannot be used; the message says the fix."""
+class MethodConfigError(SettingError):
+    """A method name, hyperparameter or value that cannot be used; the message says the fix.
+
+    ``keys``: the hyperparameters the problem concerns, the one to change first (empty when it
+    concerns the method as a whole); ``reason``: the problem without the method's name, for
+    callers that say where it is themselves (a suite's ``methods[i].hparams.KEY``). A method's
+    ``validate()`` raises it with ``keys`` and ``reason``; the base class adds the name.
+    """
+
+    def __init__(self, reason: str, *, keys: tuple = (), method: str | None = None,
+                 message: str | None = None):
+        self.keys, self.method = tuple(keys), method
+        super().__init__(reason, self.keys[:1], message or (f"{method}: {reason}" if method else reason))
 
 
 class BatchError(ValueError):
@@ -132,29 +145,6 @@ class LossOutput:
 
 # ------------------------------------------------------------------ hyperparameters
 @dataclass(frozen=True)
-class Range:
-    """Allowed interval for a numeric hyperparameter (any bound may be omitted)."""
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-
-    def ok(self, v: float) -> bool:
-        return not (
-            (self.ge is not None and not v >= self.ge)
-            or (self.gt is not None and not v > self.gt)
-            or (self.le is not None and not v <= self.le)
-            or (self.lt is not None and not v < self.lt)
-        )
-
-    def __str__(self) -> str:
-        lo = f"[{self.ge:g}" if self.ge is not None else (f"({self.gt:g}" if self.gt is not None else "(-inf")
-        hi = f"{self.le:g}]" if self.le is not None else (f"{self.lt:g})" if self.lt is not None else "inf)")
-        return f"{lo}, {hi}"
-
-
-@dataclass(frozen=True)
 class HParam:
     name: str
     type: Any  # float, int, bool, str
@@ -162,6 +152,17 @@ class HParam:
     range: Range | None = None
     choices: tuple | None = None
     optional: bool = False  # None allowed
+
+    @property
+    def annotation(self) -> Any:
+        """The type ``methods.settings`` checks a value against."""
+        tp = Literal[self.choices] if self.choices is not None else self.type
+        return Optional[tp] if self.optional else tp
+
+    def check(self, value: Any) -> Any:
+        """``value`` converted to this hyperparameter's type; raises ``SettingError``
+        (``path``: the name) when it is not allowed."""
+        return check_value(value, self.annotation, self.range, path=(self.name,))
 
     def describe(self) -> str:
         extra = ""
@@ -232,18 +233,27 @@ class PreferenceMethod:
         spec = type(self).hparams_spec
         for key in hparams:
             if key not in spec:
-                valid = ", ".join(spec) or "(none)"
-                raise MethodConfigError(
-                    f"{self.name}: unknown hyperparameter {key!r}.{did_you_mean(key, list(spec))} "
-                    f"Valid hyperparameters: {valid}."
-                )
+                raise MethodConfigError(self.unknown_hparam(key), keys=(key,), method=self.name)
         for n, hp in spec.items():
-            v = hparams.get(n, hp.default)
-            setattr(self, n, _check_value(self.name, hp, v))
+            try:
+                setattr(self, n, hp.check(hparams.get(n, hp.default)))
+            except SettingError as e:
+                raise MethodConfigError(e.reason, keys=(n,), method=self.name,
+                                        message=f"{self.name}: hyperparameter {n!r} {e.reason}") from None
         self._explicit = frozenset(hparams)
-        self.validate()
+        try:
+            self.validate()
+        except MethodConfigError as e:
+            if e.method is not None:
+                raise
+            raise MethodConfigError(e.reason, keys=e.keys, method=self.name) from None
 
-    # Subclasses add cross-field checks here (raise MethodConfigError).
+    @classmethod
+    def unknown_hparam(cls, key: str) -> str:
+        """The problem with a hyperparameter name this method does not have."""
+        return unknown_key(key, list(cls.hparams_spec), noun="hyperparameter")
+
+    # Subclasses add cross-field checks here: raise MethodConfigError(reason, keys=(...)).
     def validate(self) -> None:
         pass
 
@@ -279,37 +289,3 @@ def _validating(fn):
 
     loss._validates = True
     return loss
-
-
-def _check_value(method: str, hp: HParam, v: Any) -> Any:
-    where = f"{method}: hyperparameter {hp.name!r}"
-    if v is None:
-        if hp.optional:
-            return None
-        raise MethodConfigError(f"{where} must not be null")
-    if hp.type is bool:
-        if not isinstance(v, bool):
-            raise MethodConfigError(f"{where} must be true or false, got {v!r}")
-        return v
-    if hp.type is str:
-        if not isinstance(v, str):
-            raise MethodConfigError(f"{where} must be a string, got {v!r}")
-    elif hp.type in (int, float):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise MethodConfigError(f"{where} must be a number, got {v!r}")
-        if hp.type is int:
-            if float(v) != int(v):
-                raise MethodConfigError(f"{where} must be an integer, got {v!r}")
-            v = int(v)
-        else:
-            v = float(v)
-            if not math.isfinite(v):
-                raise MethodConfigError(f"{where} must be finite, got {v!r}")
-    if hp.choices is not None and v not in hp.choices:
-        raise MethodConfigError(
-            f"{where} must be one of {', '.join(repr(c) for c in hp.choices)}, got {v!r}"
-            f".{did_you_mean(str(v), [str(c) for c in hp.choices])}"
-        )
-    if hp.range is not None and not hp.range.ok(v):
-        raise MethodConfigError(f"{where} must be in {hp.range}, got {v!r}")
-    return v

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import torch
-import torch.nn.functional as F
-
 from . import register
+from ._torch import F, torch
 from .base import LossOutput, PreferenceMethod, Range, TokenBatch
 
 

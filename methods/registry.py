@@ -1,14 +1,15 @@
-"""A small generic name -> object registry.
+"""A small generic name -> object registry (torch-free).
 
-Used for preference methods here and, by the harness, for data sets, metrics and
-launchers. It refuses a name that already points at a different object (re-registering
-the *same* object, e.g. when a module is imported twice, is allowed), and it suggests
-close names when a lookup misses.
+It serves the preference methods (``methods.REGISTRY``) and the embedded tasks
+(``harness.data.tasks.TASKS``). It refuses a name that already points at a different object
+(re-registering the *same* object, e.g. when a module is imported twice, is allowed), and it
+suggests close names when a lookup misses.
 """
 from __future__ import annotations
 
-import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
+
+from .settings import did_you_mean
 
 T = TypeVar("T")
 
@@ -82,10 +83,3 @@ def _same(a: object, b: object) -> bool:
 def _describe(o: object) -> str:
     mod, qn = getattr(o, "__module__", None), getattr(o, "__qualname__", None)
     return f"{mod}.{qn}" if mod and qn else repr(o)
-
-
-def did_you_mean(name: str, choices: "list[str] | Callable[[], list[str]]") -> str:
-    """' Did you mean 'x'?' or '' — shared by config validation and the registry."""
-    opts = choices() if callable(choices) else choices
-    close = difflib.get_close_matches(str(name), list(opts), n=3, cutoff=0.5)
-    return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""

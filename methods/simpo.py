@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from typing import Annotated, Optional
 
-import torch.nn.functional as F
-
 from . import register
+from ._torch import F
 from .base import LossOutput, MethodConfigError, PreferenceMethod, Range, TokenBatch
 from .dpo import masked_mean
 
@@ -60,17 +59,19 @@ class SimPO(PreferenceMethod):
     def validate(self) -> None:
         if self.gamma is not None and self.gamma_beta_ratio is not None and {"gamma", "gamma_beta_ratio"} <= self._explicit:
             raise MethodConfigError(
-                f"simpo: give either 'gamma' (absolute margin, TRL's simpo_gamma) or "
+                f"give either 'gamma' (absolute margin, TRL's simpo_gamma) or "
                 f"'gamma_beta_ratio' (gamma / beta, the official SimPO code's parameter), not both; "
                 f"got gamma={self.gamma!r}, gamma_beta_ratio={self.gamma_beta_ratio!r}. "
-                f"gamma = g is the same as gamma_beta_ratio = g / beta."
+                f"gamma = g is the same as gamma_beta_ratio = g / beta.",
+                keys=("gamma", "gamma_beta_ratio"),
             )
         if self.gamma is not None:
             self.gamma_beta_ratio = None
         elif self.gamma_beta_ratio is None:
             raise MethodConfigError(
-                "simpo: one of 'gamma' or 'gamma_beta_ratio' must be set (use gamma_beta_ratio: 0 "
-                "for no margin)."
+                "one of 'gamma' or 'gamma_beta_ratio' must be set (use gamma_beta_ratio: 0 "
+                "for no margin).",
+                keys=("gamma_beta_ratio", "gamma"),
             )
 
     @property

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar
 
-import torch
-import torch.nn.functional as F
-
 from . import register
+from ._torch import F
 from .base import LossOutput, PreferenceMethod, Range, TokenBatch
 from .dpo import masked_sum, summed_logratios
 

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import torch
-import torch.nn.functional as F
-
 from . import register
+from ._torch import F, torch
 from .base import LossOutput, PreferenceMethod, Range, TokenBatch
 from .dpo import masked_sum, zero_padding
 
