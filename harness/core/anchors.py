@@ -33,6 +33,7 @@ import contextlib
 
 import torch
 
+from .batch import room_for
 from .importance import eval_mode, unwrap
 
 
@@ -104,8 +105,6 @@ def sample_anchors(model, prompts: list[list[int]], *, tokenizer, pad_id: int, d
         if p:
             ids[i, Lp - len(p):] = torch.tensor(p, dtype=torch.long)
             att[i, Lp - len(p):] = 1
-    from ..evaluate.generation import room_for
-
     room = room_for(_owner(net), Lp, int(max_new_tokens))
     if room == 0:  # the prompt fills the position table: nothing can be sampled
         return [cut_at_eos([], eos) for _ in prompts]

@@ -4,6 +4,9 @@ Response token t of a row sits at absolute position ``p = len(prompt) + t`` and 
 by the logits at ``p - 1``. Responses are at the end of each row (right padding after them),
 so the model only needs logits for the last ``keep`` positions (``logits_to_keep``): the
 LM head never runs on most prompt tokens, and no [N, T, V] gather copy is made.
+
+``room_for`` caps a generation so prompt + response stays inside the model's position table
+(anchor sampling here, evaluation's greedy and sampled answers in ``harness.evaluate``).
 """
 from __future__ import annotations
 
@@ -110,3 +113,21 @@ def pad_stack(seqs: list[torch.Tensor], T: int | None = None) -> torch.Tensor:
     for i, s in enumerate(seqs):
         out[i, : len(s)] = s
     return out
+
+
+# ------------------------------------------------------------------ position limits
+def position_limit(model) -> int | None:
+    """How many positions the model can attend over (learned position tables end there;
+    rotary models are still only trained up to it)."""
+    cfg = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def room_for(model, prompt_len: int, max_new_tokens: int) -> int:
+    """``max_new_tokens`` capped so prompt + generation stays inside the position table."""
+    limit = position_limit(model)
+    return max_new_tokens if limit is None else max(0, min(max_new_tokens, limit - prompt_len))

@@ -56,7 +56,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -64,6 +63,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from harness.errors import DataError, UserError
+from harness.hub import offline as hub_offline
 
 from .pairs import PreferencePair
 
@@ -511,23 +511,6 @@ def resolve_path(path: str, base_dir: Optional[Path]) -> Path:
 
 
 # ============================================================================== hub
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-def hub_offline() -> bool:
-    """True when the user asked for offline mode (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE or
-    TRANSFORMERS_OFFLINE, which huggingface_hub also honours)."""
-    if any(_env_true(v) for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        return True
-    try:
-        import huggingface_hub.constants as hc
-
-        return bool(hc.HF_HUB_OFFLINE)
-    except Exception:
-        return False
-
-
 def _hub_fix(hub: str, split: str) -> str:
     return (f"fix: on a connected machine run `python -c \"import datasets; "
             f"datasets.load_dataset('{hub}', split='{split}').to_json('data.jsonl')\"`, copy the file here "
@@ -578,7 +561,7 @@ def _offline_libraries(offline: bool):
 
 
 def _load_hub_split(hub: str, split: str, name: str) -> list[dict]:
-    offline = hub_offline()
+    offline = hub_offline()  # harness.hub: the one answer
     if not offline and not Path(hub).exists():
         _check_hub_reachable(hub, name, split)
     import datasets
@@ -752,4 +735,4 @@ def load_pairs(spec, base_dir: Optional[Path] = None) -> LoadedData:
 
 
 __all__ = ["FORMATS", "REASONS", "LoadedData", "BadRow", "load_pairs", "parse_row", "detect_format",
-           "read_rows", "resolve_path", "split_seed", "hub_offline"]
+           "read_rows", "resolve_path", "split_seed"]

@@ -3,22 +3,7 @@ from __future__ import annotations
 
 import torch
 
-
-def position_limit(model) -> int | None:
-    """How many positions the model can attend over (learned position tables end there;
-    rotary models are still only trained up to it)."""
-    cfg = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
-    for name in ("max_position_embeddings", "n_positions"):
-        v = getattr(cfg, name, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    return None
-
-
-def room_for(model, prompt_len: int, max_new_tokens: int) -> int:
-    """``max_new_tokens`` capped so prompt + generation stays inside the position table."""
-    limit = position_limit(model)
-    return max_new_tokens if limit is None else max(0, min(max_new_tokens, limit - prompt_len))
+from ..core.batch import room_for
 
 
 def generate(model, prompts: list[list[int]], *, pad_id: int, eos_id: int, max_new_tokens: int,

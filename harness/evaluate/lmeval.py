@@ -51,23 +51,21 @@ import json
 import logging
 import os
 import random
-import socket
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Iterator, Sequence
-from urllib.parse import urlparse
 
 from harness.errors import UserError
-from methods.registry import did_you_mean
+from harness.hub import OFFLINE_FLAGS, endpoint, hub_reachable, offline
+from harness.results import atomic_write_text
+from methods.settings import did_you_mean
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_TASKS = ("embedded_gen", "embedded_mc")
 LOCAL_TASK_VERSION = 1.0
-_TRUE = {"1", "on", "yes", "true"}
 
 
 # ------------------------------------------------------------------- standard benchmarks
@@ -160,10 +158,6 @@ def _unknown_message(name: str, known: Sequence[str]) -> str:
 
 
 # --------------------------------------------------------------------------- availability
-def _offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
-
-
 def _cache_dirs() -> tuple[Path, Path]:
     """(datasets cache, hub cache), read from the environment at call time."""
     hf_home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
@@ -178,27 +172,6 @@ def _cached(dataset: str) -> bool:
     a partial copy still fails later, inside lm-eval."""
     ds, hub = _cache_dirs()
     return (ds / dataset.replace("/", "___")).is_dir() or (hub / f"datasets--{dataset.replace('/', '--')}").is_dir()
-
-
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    """A TCP connect to the hub endpoint (``HF_ENDPOINT``), bounded by ``timeout`` seconds
-    including DNS (run in a daemon thread: ``getaddrinfo`` ignores socket timeouts)."""
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host = url.hostname or "huggingface.co"
-    port = url.port or (80 if url.scheme == "http" else 443)
-    ok: list[bool] = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
-            pass
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(timeout + 0.5)
-    return bool(ok)
 
 
 def check_available(tasks: Sequence[str], *, include_path: Path | str | None = None,
@@ -239,12 +212,12 @@ def check_available(tasks: Sequence[str], *, include_path: Path | str | None = N
         uncached = [d for d in b.datasets if not _cached(d)]
         if not uncached:
             continue
-        if _offline():
-            why = "offline mode is on (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)"
+        if offline():
+            why = f"offline mode is on ({' / '.join(OFFLINE_FLAGS)})"
         else:
             if hub is None:
-                hub = _hub_reachable()
-            why = None if hub else f"the hub ({os.environ.get('HF_ENDPOINT') or 'https://huggingface.co'}) is unreachable"
+                hub = hub_reachable()
+            why = None if hub else f"the hub ({endpoint()}) is unreachable"
         if why:
             problems.append(
                 f"eval.lm_eval_tasks: benchmark {name!r} (lm-eval task {b.task!r}) loads "
@@ -344,7 +317,7 @@ def _write_task(out_dir: Path, name: str, rows: list[dict], body: dict) -> None:
     import yaml
 
     data = out_dir / f"{name}.jsonl"
-    _atomic_write(data, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(data, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     cfg = {
         "task": name,
         "dataset_path": "json",
@@ -354,16 +327,7 @@ def _write_task(out_dir: Path, name: str, rows: list[dict], body: dict) -> None:
         "num_fewshot": 0,
         "metadata": {"version": LOCAL_TASK_VERSION},
     }
-    _atomic_write(out_dir / f"{name}.yaml", yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(out_dir / f"{name}.yaml", yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
 
 
 # ------------------------------------------------------------------------------ running

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from harness.paths import PROJECT_ROOT
+
 STAGE_ORDER = ("sft", "cell")  # sft stages produce the checkpoints the cells start from
 
 ProgressFn = Callable[[dict], None]
@@ -188,13 +190,6 @@ def format_summary(outcomes: list[JobOutcome]) -> str:
     return "\n".join(lines)
 
 
-def project_root() -> Path:
-    """The folder holding the ``harness`` and ``methods`` packages."""
-    import harness
-
-    return Path(harness.__file__).resolve().parent.parent
-
-
 SNAPSHOT_PACKAGES = ("harness", "methods")
 
 
@@ -206,7 +201,7 @@ def snapshot_code(work_dir: Path) -> Path:
     A plain copy rather than ``submitit.helpers.RsyncSnapshot``: that one needs rsync and a git
     repository, copies only committed files and changes the submitting process's working dir.
     """
-    root = project_root()
+    root = PROJECT_ROOT
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{time.time_ns() % 10**6:06d}"
     dest = Path(work_dir) / "snapshot" / stamp
     for pkg in SNAPSHOT_PACKAGES:

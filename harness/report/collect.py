@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness import paths
 from harness.errors import UserError
 from harness.results import CorruptFileError, list_cells, read_json, read_jsonl, read_yaml
 
@@ -169,7 +169,7 @@ def resolve_baseline(requested: str | None, cells: pd.DataFrame, suite_yaml: dic
                          f"({', '.join(by_method)}); comparing against {by_method[0]!r}.")
         return by_method[0]
     if explicit:
-        from methods.registry import did_you_mean
+        from methods.settings import did_you_mean
 
         choices = sorted(set(labels) | set(cells["method"]))
         raise UserError(f"--baseline {requested!r}: no cell has that method label or name."
@@ -413,6 +413,5 @@ def _supersede(cells: pd.DataFrame) -> None:
 
 
 def slug(text: str) -> str:
-    """A file-name-safe version of a label or group name."""
-    s = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-.")
-    return s or "x"
+    """A label or group name as a report file name: ``harness.paths.slug``, keeping case."""
+    return paths.slug(text, keep_case=True)
