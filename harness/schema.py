@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from methods.base import Range
+from methods.settings import Range
 
 
 def f(default: Any = None, help: str = "", range: Range | None = None, factory=None):

@@ -1,4 +1,4 @@
-"""Suite loading, validation and expansion (harness/config.py).
+"""Suite loading, validation and expansion (the harness/config/ package).
 
 The bad-suite corpus (tests/bad_suites/*.yaml) states in its header what each file must
 produce: ``# expect: <substring>`` (one or more), ``# line: <n>`` (the line the problem must
@@ -124,7 +124,7 @@ def test_unknown_hparam_in_grid_is_one_problem_at_the_grid_key():
                           "methods": [{"name": "ipo", "grid": {"bta": [0.1, 0.2, 0.3]}}],
                           "report": {"baseline": "ipo"}})  # not a second problem: ipo just failed
     assert problems == ["<dict>: methods[0].grid.bta: unknown hyperparameter 'bta'. Did you mean 'beta'? "
-                        "Valid hyperparameters: beta, length_normalize."]
+                        "Valid hyperparameters: beta, length_normalize"]
 
 
 def test_plugins_register_methods_and_broken_plugins_are_named(tmp_path):

@@ -15,7 +15,7 @@ import launch_helpers as h
 from harness.errors import UserError
 from harness.launch import Job, JobOutcome, format_summary, launch
 from harness.launch.base import Progress, snapshot_code
-from harness.launch.profile import StageResources, load_profile, resolve_profile_path
+from harness.launch.profile import StageResources, load_profile
 from harness.launch.slurm import (
     AccelerateSpec,
     JobCall,
@@ -24,6 +24,7 @@ from harness.launch.slurm import (
     make_call,
     snapshot_setup,
 )
+from harness.paths import slurm_profile
 from harness.schema import LauncherSpec
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -208,17 +209,18 @@ sft:
     ps = problems(path)
     assert all(p.startswith(f"{path}: ") for p in ps)
     text = "\n".join(ps)
-    assert "max_requeues: expected a whole number >= 0, got -1" in text
-    assert "time: unknown key. Resource keys go under 'defaults', 'sft' or 'cell'." in text
-    assert "cell.gpus_pre_node: unknown key. Did you mean 'gpus_per_node'" in text
-    assert "cell.time: expected a whole number >= 1 (minutes), got '2h'" in text
-    assert "cell.cpus_per_task: expected a whole number >= 1, got 0" in text
-    assert "cell.mem_gb: expected a number of GB > 0 or null, got -4" in text
+    # the one typed checker's wording (methods.settings), as for suites and hyperparameters
+    assert "max_requeues: must be >= 0, got -1" in text
+    assert "time: unknown key 'time'." in text and "Resource keys go under 'defaults', 'sft' or 'cell'." in text
+    assert "cell.gpus_pre_node: unknown key 'gpus_pre_node'. Did you mean 'gpus_per_node'" in text
+    assert "cell.time: must be an integer, got '2h'" in text
+    assert "cell.cpus_per_task: must be >= 1, got 0" in text
+    assert "cell.mem_gb: must be > 0, got -4.0" in text
     assert "cell.additional.dependency: set by the launcher itself" in text
     assert "mail_user" not in text                                  # an allowed option
-    assert "cell.setup: expected a list of strings" in text
+    assert "cell.setup[0]: must be a string, got 1" in text and "cell.setup[1]: must be a string, got 2" in text
     assert "sft.nodes: 2 nodes need gpus_per_node >= 1" in text
-    assert len(ps) == 9
+    assert len(ps) == 10
 
 
 def test_profile_file_level_errors(tmp_path):
@@ -228,9 +230,9 @@ def test_profile_file_level_errors(tmp_path):
     assert "p.yaml (line 3): not valid YAML" in msg
     [msg] = problems(write(tmp_path, "cell: {accelerate_args: [--mixed_precision, bf16]}"))
     assert "cell.accelerate_args: only used when gpus_per_node > 1" in msg
-    with pytest.raises(UserError, match=r"slurm/none.yaml not found \(looked in: "):
-        resolve_profile_path("slurm/none.yaml", [tmp_path, ROOT])
-    assert resolve_profile_path("slurm/default.yaml", [tmp_path, ROOT]) == ROOT / "slurm/default.yaml"
+    with pytest.raises(UserError, match=r"launcher.slurm_profile: SLURM profile 'slurm/none.yaml' not found \(looked in "):
+        slurm_profile("slurm/none.yaml", tmp_path)
+    assert slurm_profile("slurm/default.yaml", tmp_path) == ROOT / "slurm/default.yaml"
 
 
 def test_shipped_profiles_load():

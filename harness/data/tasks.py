@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from methods.base import Range
-from methods.registry import Registry, did_you_mean
+from methods.registry import Registry
+from methods.settings import INVALID, Checker, Range, SettingError, ok
 
 from .pairs import PreferencePair
 
@@ -65,10 +64,33 @@ class EmbeddedTask:
     alphabet: ClassVar[str]
 
     def __init__(self, **args: Any):
-        problems = validate_task_args(self.name, args)
-        if problems:
-            raise ValueError("; ".join(problems))
-        self.args = self.Args(**args)
+        checker = Checker()
+        self.args = self.checked_args(args, checker)
+        checker.raise_first()  # a SettingError (a ValueError) naming the argument
+
+    @classmethod
+    def checked_args(cls, args: dict, checker: Checker, path: tuple = ()) -> Any:
+        """``args`` as this task's ``Args``, checked by the one typed checker (types, ranges,
+        choices, unknown names), then by the task's own cross-field ``check``; problems go
+        to ``checker`` at ``path`` + the argument's name. ``INVALID`` when any was found."""
+        before = len(checker.problems)
+        good = checker.fields(cls.Args, args, path)
+        if len(checker.problems) > before or not ok(*good.values()):
+            return INVALID
+        a = cls.Args(**good)
+        try:
+            cls.check(a)
+        except SettingError as e:
+            checker.add(path + e.path, e.reason)
+            return INVALID
+        except ValueError as e:  # a task that states its problem without naming the argument
+            checker.add(path, str(e))
+            return INVALID
+        return a
+
+    @staticmethod
+    def check(args: Any) -> None:
+        """Cross-field checks of the arguments; raise ``SettingError(reason, path=(name,))``."""
 
     def generate(self, label_noise: float = 0.0) -> TaskData:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -84,39 +106,6 @@ class EmbeddedTask:
             rng = fl.metadata.get("range")
             lines.append(f"    {fl.name}={fl.default!r}{f' in {rng}' if rng else ''}  {fl.metadata.get('help', '')}")
         return "\n".join(lines)
-
-
-def validate_task_args(name: str, args: dict) -> list[str]:
-    """Problems with a task's arguments, one line each (empty when valid)."""
-    if name not in TASKS:
-        return [TASKS.unknown_message(name)]
-    cls = TASKS.get(name)
-    if not isinstance(args, dict):
-        return [f"task_args must be a mapping, got {type(args).__name__}"]
-    fields = {fl.name: fl for fl in dataclasses.fields(cls.Args)}
-    hints = typing.get_type_hints(cls.Args)
-    problems = []
-    for k, v in args.items():
-        if k not in fields:
-            problems.append(f"{k}: unknown argument of task {name!r}.{did_you_mean(k, list(fields))} "
-                            f"Valid: {', '.join(fields)}")
-            continue
-        t = hints[k]
-        if t is int and (isinstance(v, bool) or not isinstance(v, int)):
-            problems.append(f"{k}: must be an integer, got {v!r}")
-            continue
-        if t is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            problems.append(f"{k}: must be a number, got {v!r}")
-            continue
-        rng = fields[k].metadata.get("range")
-        if rng is not None and not rng.ok(v):
-            problems.append(f"{k}: must be in {rng}, got {v!r}")
-    if not problems:
-        try:
-            cls.check(cls.Args(**args))
-        except ValueError as e:
-            problems.append(str(e))
-    return problems
 
 
 def make_task(name: str, args: dict | None = None) -> EmbeddedTask:
@@ -143,7 +132,8 @@ class AdditionArgs:
     n_sft: int = _arg(450, "distinct SFT problems (a fixed set: small sets memorize, large ones generalize)", Range(ge=1))
     n_pairs: int = _arg(2000, "training preference pairs (fresh problems)", Range(ge=1))
     n_heldout: int = _arg(500, "held-out problems for evaluation", Range(ge=1))
-    rejected: str = _arg("near_miss", "near_miss (correct +-1 or one digit changed) or random (any wrong sum)")
+    rejected: Literal["near_miss", "random"] = _arg(
+        "near_miss", "near_miss (correct +-1 or one digit changed) or random (any wrong sum)")
     data_seed: int = _arg(0, "seed of the generated data", Range(ge=0))
 
 
@@ -157,14 +147,10 @@ class Addition(EmbeddedTask):
 
     @staticmethod
     def check(a: AdditionArgs) -> None:
-        if a.rejected not in ("near_miss", "random"):
-            raise ValueError(f"rejected: must be 'near_miss' or 'random', got {a.rejected!r}")
         space = (10 ** a.digits) ** 2
-        need = a.n_sft + a.n_pairs + a.n_heldout
         if a.n_sft + a.n_heldout > space:
-            raise ValueError(f"n_sft + n_heldout = {a.n_sft + a.n_heldout} exceeds the {space} distinct "
-                             f"{a.digits}-digit problems; lower them or raise digits")
-        del need
+            raise SettingError(f"n_sft + n_heldout = {a.n_sft + a.n_heldout} exceeds the {space} distinct "
+                               f"{a.digits}-digit problems; lower them or raise digits", ("n_sft",))
 
     def _wrong(self, rng: random.Random, s: int) -> str:
         if self.args.rejected == "random":
@@ -234,7 +220,7 @@ class Reverse(EmbeddedTask):
     @staticmethod
     def check(a: ReverseArgs) -> None:
         if a.min_len > a.max_len:
-            raise ValueError(f"min_len ({a.min_len}) must be <= max_len ({a.max_len})")
+            raise SettingError(f"min_len ({a.min_len}) must be <= max_len ({a.max_len})", ("min_len",))
 
     def generate(self, label_noise: float = 0.0) -> TaskData:
         a = self.args

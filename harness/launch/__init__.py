@@ -25,7 +25,8 @@ def launch(jobs: list[Job], spec, work_dir: Path, *, profile_path: str | Path | 
 
     ``work_dir`` holds launcher files (submitit pickles and logs, the code snapshot).
     ``profile_path``: the SLURM profile, already resolved by the caller; when None,
-    ``spec.slurm_profile`` is looked up in the working directory, then the project root.
+    ``spec.slurm_profile`` is looked up as ``harness.paths.slurm_profile`` does (the working
+    directory, then the project root).
     ``progress`` is called with ``{"pending", "running", "done", "failed"}`` counts whenever
     they change.
     """
@@ -43,14 +44,14 @@ def launch(jobs: list[Job], spec, work_dir: Path, *, profile_path: str | Path | 
         import shutil
 
         from harness.errors import UserError
-        from harness.launch.base import project_root
-        from harness.launch.profile import load_profile, resolve_profile_path
+        from harness.launch.profile import load_profile
         from harness.launch.slurm import launch_slurm
+        from harness.paths import slurm_profile
 
         if shutil.which("sbatch") is None:
             raise UserError("launcher.type: slurm, but sbatch is not on PATH. Run on a SLURM login "
                             "node, or use launcher.type: local (or slurm/cluster.sh for a test cluster)")
-        path = profile_path or resolve_profile_path(spec.slurm_profile, [Path.cwd(), project_root()])
+        path = profile_path or slurm_profile(spec.slurm_profile, None)
         profile = load_profile(path)
         return launch_slurm(jobs, work_dir, profile=profile, parallelism=spec.parallelism,
                             progress=progress)

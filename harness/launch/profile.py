@@ -16,8 +16,9 @@ A profile is kept apart from the suite because the same suite runs on different 
       time: 240
       gpus_per_node: 4     # > 1: the cell runs under `accelerate launch --num_processes 4`
 
-Every key is checked (type, range, unknown names with a did-you-mean); all problems are reported
-at once as a ``UserError`` naming the file and the key. See slurm/README.md for each key.
+Every key is checked by the one typed checker (``methods.settings``: types, ranges, unknown
+names with a did-you-mean); all problems are reported at once as a ``UserError`` naming the file
+and the key. See slurm/README.md for each key.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from typing import Any
 import yaml
 
 from harness.errors import UserError
+from methods.settings import Checker, Range, format_path, ok, show, unknown_key
 
 STAGES = ("sft", "cell")
 
@@ -38,6 +40,11 @@ MANAGED_SBATCH_OPTIONS = frozenset(
 )
 
 
+def _key(default: Any, rng: Range | None = None, factory=None) -> Any:
+    md = {"range": rng} if rng is not None else {}
+    return field(default_factory=factory, metadata=md) if factory else field(default=default, metadata=md)
+
+
 @dataclass(frozen=True)
 class StageResources:
     """What one job of a stage asks for. Field docs are the user-facing help (slurm/README.md)."""
@@ -45,20 +52,29 @@ class StageResources:
     partition: str | None = None      # sbatch --partition; None: the cluster's default
     account: str | None = None        # sbatch --account
     qos: str | None = None            # sbatch --qos
-    time: int = 60                    # time limit in minutes (sbatch --time)
-    nodes: int = 1                    # nodes per job; > 1 needs gpus_per_node >= 1 (accelerate multi-node)
-    gpus_per_node: int = 0            # sbatch --gpus-per-node; > 1 runs the job under accelerate launch
-    cpus_per_task: int = 1            # sbatch --cpus-per-task (one task per node)
-    mem_gb: float | None = None       # sbatch --mem in GB; None: the cluster's default
+    time: int = _key(60, Range(ge=1))  # time limit in minutes (sbatch --time)
+    nodes: int = _key(1, Range(ge=1))  # nodes per job; > 1 needs gpus_per_node >= 1 (accelerate multi-node)
+    gpus_per_node: int = _key(0, Range(ge=0))  # sbatch --gpus-per-node; > 1 runs the job under accelerate launch
+    cpus_per_task: int = _key(1, Range(ge=1))  # sbatch --cpus-per-task (one task per node)
+    mem_gb: float | None = _key(None, Range(gt=0))  # sbatch --mem in GB; None: the cluster's default
     setup: tuple[str, ...] = ()       # shell lines run before the job (module load, source a venv)
-    additional: dict = field(default_factory=dict)  # other sbatch options, e.g. {constraint: a100}
+    additional: dict = _key(None, factory=dict)  # other sbatch options, e.g. {constraint: a100}
     accelerate_args: tuple[str, ...] = ()  # extra `accelerate launch` arguments (multi-GPU only)
-    signal_delay_s: int = 90          # seconds before the time limit when the job is told to requeue
+    signal_delay_s: int = _key(90, Range(ge=0))  # seconds before the time limit when the job is told to requeue
 
     @property
     def uses_accelerate(self) -> bool:
         """Multi-GPU or multi-node jobs run their function once per GPU under accelerate."""
         return self.gpus_per_node > 1 or self.nodes > 1
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """The profile's top-level settings (the stages are checked as ``StageResources``)."""
+
+    result_wait_s: float = _key(15.0, Range(ge=0))
+    max_requeues: int = _key(3, Range(ge=0))
+    snapshot: bool = True
 
 
 @dataclass(frozen=True)
@@ -77,87 +93,47 @@ class SlurmProfile:
 
 
 _STAGE_KEYS = [f.name for f in fields(StageResources)]
-_TOP_KEYS = ["result_wait_s", "max_requeues", "snapshot", "defaults", *STAGES]
+_TOP_KEYS = [f.name for f in fields(ProfileSettings)] + ["defaults", *STAGES]
+_NAMES = ("partition", "account", "qos")  # sbatch names: a string that is not blank
+_LISTS = ("setup", "accelerate_args")     # one string stands for a list of one
 
 
-def did_you_mean(name: str, choices: list[str]) -> str:
-    # imported here: importing the methods package pulls in torch (seconds), and every SLURM job
-    # imports this module to unpickle its call
-    from methods.registry import did_you_mean as dym
-
-    return dym(name, choices)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _check_stage(raw: Any, where: str, problems: list[str]) -> dict:
+def _check_stage(raw: Any, where: str, checker: Checker) -> dict:
     """Checks one stage mapping; returns the keys that passed (so defaults can be merged)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        problems.append(f"{where}: expected a mapping of resource keys, got {type(raw).__name__}")
+        checker.add((where,), f"must be a mapping of resource keys, got {show(raw)}")
         return {}
-    good: dict = {}
-    for key, value in raw.items():
-        k = f"{where}.{key}"
-        if key not in _STAGE_KEYS:
-            problems.append(
-                f"{k}: unknown key.{did_you_mean(str(key), _STAGE_KEYS)} "
-                f"Known keys: {', '.join(_STAGE_KEYS)}."
-            )
-            continue
-        if key in ("partition", "account", "qos"):
-            if value is not None and not (isinstance(value, str) and value.strip()):
-                problems.append(f"{k}: expected a name (string) or null, got {value!r}")
-                continue
-        elif key in ("time", "nodes", "cpus_per_task"):
-            if not _is_int(value) or value < 1:
-                unit = " (minutes)" if key == "time" else ""
-                problems.append(f"{k}: expected a whole number >= 1{unit}, got {value!r}")
-                continue
-        elif key in ("gpus_per_node", "signal_delay_s"):
-            if not _is_int(value) or value < 0:
-                problems.append(f"{k}: expected a whole number >= 0, got {value!r}")
-                continue
-        elif key == "mem_gb":
-            if value is not None and (not _is_num(value) or value <= 0):
-                problems.append(f"{k}: expected a number of GB > 0 or null, got {value!r}")
-                continue
-        elif key in ("setup", "accelerate_args"):
-            if isinstance(value, str):
-                value = [value]
-            if value is None:
-                value = []
-            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
-                problems.append(f"{k}: expected a list of strings, got {value!r}")
-                continue
-            value = tuple(value)
-        elif key == "additional":
-            value = {} if value is None else value
-            if not isinstance(value, dict):
-                problems.append(f"{k}: expected a mapping of sbatch options, got {value!r}")
-                continue
-            clean = {}
-            for opt, v in value.items():
-                flag = str(opt).replace("_", "-")
-                if flag in MANAGED_SBATCH_OPTIONS:
-                    problems.append(
-                        f"{k}.{opt}: set by the launcher itself; remove it "
-                        f"(managed options: {', '.join(sorted(MANAGED_SBATCH_OPTIONS))})"
-                    )
-                elif not (isinstance(v, (str, bool)) or _is_num(v)):
-                    problems.append(f"{k}.{opt}: expected a string, number or true/false, got {v!r}")
-                else:
-                    clean[flag] = v
-            value = clean
-        good[key] = value
+    given = dict(raw)
+    for key in _LISTS:  # a single line may be written as a string; null means none
+        if key in given and (given[key] is None or isinstance(given[key], str)):
+            given[key] = [] if given[key] is None else [given[key]]
+    if "additional" in given and given["additional"] is None:
+        given["additional"] = {}
+    good = {k: v for k, v in checker.fields(StageResources, given, (where,)).items() if ok(v)}
+    for key in _NAMES:
+        if isinstance(good.get(key), str) and not good[key].strip():
+            checker.add((where, key), "must be a name or null, got an empty string")
+            good.pop(key)
+    if "additional" in good:
+        good["additional"] = _check_additional(good["additional"], (where, "additional"), checker)
     return good
+
+
+def _check_additional(options: dict, path: tuple, checker: Checker) -> dict:
+    """Other sbatch options: names as sbatch spells them, values a string, number or bool."""
+    clean = {}
+    for opt, v in options.items():
+        flag = str(opt).replace("_", "-")
+        if flag in MANAGED_SBATCH_OPTIONS:
+            checker.add(path + (opt,), f"set by the launcher itself; remove it "
+                                       f"(managed options: {', '.join(sorted(MANAGED_SBATCH_OPTIONS))})")
+        elif not isinstance(v, (str, bool, int, float)):
+            checker.add(path + (opt,), f"must be a string, number or true/false, got {show(v)}")
+        else:
+            clean[flag] = v
+    return clean
 
 
 def load_profile(path: str | Path) -> SlurmProfile:
@@ -176,67 +152,26 @@ def load_profile(path: str | Path) -> SlurmProfile:
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping with keys {', '.join(_TOP_KEYS)}")
 
-    problems: list[str] = []
+    checker = Checker()
     for key in raw:
         if key not in _TOP_KEYS:
-            hint = did_you_mean(str(key), _TOP_KEYS + _STAGE_KEYS)
-            if key in _STAGE_KEYS:
-                hint = " Resource keys go under 'defaults', 'sft' or 'cell'."
-            problems.append(f"{key}: unknown key.{hint} Known top-level keys: {', '.join(_TOP_KEYS)}.")
-    top: dict[str, Any] = {}
-    wait = raw.get("result_wait_s", 15.0)
-    if not _is_num(wait) or wait < 0:
-        problems.append(f"result_wait_s: expected a number of seconds >= 0, got {wait!r}")
-    else:
-        top["result_wait_s"] = float(wait)
-    req = raw.get("max_requeues", 3)
-    if not _is_int(req) or req < 0:
-        problems.append(f"max_requeues: expected a whole number >= 0, got {req!r}")
-    else:
-        top["max_requeues"] = req
-    snap = raw.get("snapshot", True)
-    if not isinstance(snap, bool):
-        problems.append(f"snapshot: expected true or false, got {snap!r}")
-    else:
-        top["snapshot"] = snap
-
-    defaults = _check_stage(raw.get("defaults"), "defaults", problems)
+            hint = " Resource keys go under 'defaults', 'sft' or 'cell'." if key in _STAGE_KEYS else ""
+            checker.add((key,), unknown_key(key, _TOP_KEYS, "at the top level") + hint)
+    settings = {k: raw[k] for k in (f.name for f in fields(ProfileSettings)) if k in raw}
+    top = {k: v for k, v in checker.fields(ProfileSettings, settings).items() if ok(v)}
+    defaults = _check_stage(raw.get("defaults"), "defaults", checker)
     stages = {}
     for name in STAGES:
-        own = _check_stage(raw.get(name), name, problems)
+        own = _check_stage(raw.get(name), name, checker)
         res = StageResources(**{**defaults, **own})
         if res.nodes > 1 and res.gpus_per_node < 1:
-            problems.append(
-                f"{name}.nodes: {res.nodes} nodes need gpus_per_node >= 1 (multi-node jobs run under "
-                f"accelerate launch); set nodes: 1 for CPU jobs"
-            )
+            checker.add((name, "nodes"), f"{res.nodes} nodes need gpus_per_node >= 1 (multi-node jobs run "
+                                         f"under accelerate launch); set nodes: 1 for CPU jobs")
         # set on the stage itself (not inherited from defaults) yet unused: probably a mistake
         if own.get("accelerate_args") and not res.uses_accelerate:
-            problems.append(
-                f"{name}.accelerate_args: only used when gpus_per_node > 1 or nodes > 1; remove it "
-                f"or raise gpus_per_node"
-            )
+            checker.add((name, "accelerate_args"), "only used when gpus_per_node > 1 or nodes > 1; remove "
+                                                   "it or raise gpus_per_node")
         stages[name] = res
-    if problems:
-        raise UserError(problems=[f"{path}: {p}" for p in problems])
+    if checker.problems:
+        raise UserError(problems=[f"{path}: {format_path(p.path)}: {p.reason}" for p in checker.problems])
     return SlurmProfile(path=path, sft=stages["sft"], cell=stages["cell"], **top)
-
-
-def resolve_profile_path(name: str | Path, search_dirs: list[Path]) -> Path:
-    """An absolute path as is; a relative one is looked up in each of ``search_dirs`` in order
-    (the suite's folder, the working directory, the project root)."""
-    p = Path(name)
-    if p.is_absolute():
-        if not p.is_file():
-            raise UserError(f"launcher.slurm_profile: {p} does not exist")
-        return p
-    tried = []
-    for d in search_dirs:
-        cand = Path(d) / p
-        tried.append(str(cand))
-        if cand.is_file():
-            return cand
-    raise UserError(
-        f"launcher.slurm_profile: {name} not found (looked in: {', '.join(tried)}); "
-        f"give a path relative to the suite or the project, e.g. slurm/default.yaml"
-    )

@@ -1,0 +1,36 @@
+"""Suites: read a YAML suite onto the schema, check all of it, expand it into a plan of cells.
+
+One job per module; each imports only modules above it in this list (no circles):
+
+* ``check``: the typed checker of a file (``methods.settings``' rules; problems at file:line)
+* ``source``: YAML read safely with the line of every key; YAML 1.2 scalars; the alias-bomb guard
+* ``ids``: canonical JSON and its hash, from which cell and stage ids are made
+* ``variants``: method entries -> variants (grid combinations, labels, resolved hyperparameters)
+* ``suite``: ``load_suite`` / ``load_suite_dict``, every check of a suite
+* ``plan``: ``expand``, the plan of cells and SFT stages with their ids
+* ``cell``: a cell's or stage's typed config read back from its ``config.yaml``
+* ``describe``: ``describe_plan``, a readable plan with a compute estimate
+* ``docs``: the key tables of ``suites/README.md`` (``python -m harness.config docs``)
+
+The schema itself (the dataclasses every part of the harness reads) is ``harness.schema``.
+"""
+from .cell import (
+    CellConfig,
+    StageConfig,
+    build_method,
+    check_written_configs,
+    load_cell_config,
+    load_stage_config,
+)
+from .describe import describe_plan, tiny_param_estimate
+from .docs import schema_markdown, update_readme
+from .ids import config_hash
+from .plan import Cell, Plan, SFTStage, expand
+from .suite import LoadedSuite, load_suite, load_suite_dict
+from .variants import SFT_METHOD, Variant
+
+__all__ = [
+    "Cell", "CellConfig", "LoadedSuite", "Plan", "SFTStage", "SFT_METHOD", "StageConfig", "Variant",
+    "build_method", "check_written_configs", "config_hash", "describe_plan", "expand", "load_cell_config", "load_stage_config",
+    "load_suite", "load_suite_dict", "schema_markdown", "tiny_param_estimate", "update_readme",
+]

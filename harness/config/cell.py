@@ -1,0 +1,137 @@
+"""The typed config of one cell or SFT stage, read back from the ``config.yaml`` in its folder.
+
+``expand`` writes each cell's resolved config as plain data (its bytes and the cell ids must
+not change); a job reads it back here, through the same checker as a suite, into a
+``CellConfig`` (or ``StageConfig``) of the schema's dataclasses. A file edited by hand, or
+written by another version of the harness, is reported with its file, line and key: a typo
+such as ``stpes`` is an unknown key (not silently dropped), ``steps: '8'`` is not an integer,
+and every key the harness writes must be there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import methods
+from methods.settings import format_path
+
+from ..errors import UserError
+from ..schema import DatasetSpec, EvalSpec, ModelSpec, SFTSpec, TrainSpec
+from .check import INVALID, FileChecker
+from .source import WrittenLoader, parse_yaml
+from .variants import SFT_METHOD
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class MethodEntry:
+    """The method of a cell: registered name (or ``sft``), table label, complete hyperparameters."""
+
+    name: str = None
+    label: str = None
+    hparams: dict = field(default_factory=dict)
+
+
+@dataclass
+class CellConfig:
+    """One cell's resolved config, as ``harness.config.expand`` wrote it."""
+
+    suite: str = None
+    model: ModelSpec = None
+    dataset: DatasetSpec = None
+    method: MethodEntry = None
+    seed: int = None
+    sft: Optional[SFTSpec] = None  # null when the suite has no SFT stage
+    train: TrainSpec = None
+    eval: EvalSpec = None
+    plugins: list[str] = field(default_factory=list)
+    cell_id: str = None
+    sft_stage: Optional[str] = None  # the stage the cell starts from, or null
+
+    @property
+    def trains(self) -> bool:
+        """False for the ``sft`` pseudo-method, which evaluates the SFT checkpoint as it is."""
+        return self.method.name != SFT_METHOD
+
+
+@dataclass
+class StageConfig:
+    """One SFT stage's resolved config."""
+
+    suite: str = None
+    model: ModelSpec = None
+    dataset: DatasetSpec = None
+    sft: SFTSpec = None
+    seed: Optional[int] = None  # null: one stage shared by every seed
+
+
+def load_cell_config(folder: str | Path) -> CellConfig:
+    """The cell's ``config.yaml``, checked; ``UserError`` naming file, line and key."""
+    return _load(Path(folder) / CONFIG_FILE, CellConfig)
+
+
+def load_stage_config(folder: str | Path) -> StageConfig:
+    """The SFT stage's ``config.yaml``, checked; ``UserError`` naming file, line and key."""
+    return _load(Path(folder) / CONFIG_FILE, StageConfig)
+
+
+def _load(path: Path, cls: type):
+    ctx, cfg = _read(path, cls)
+    ctx.raise_if_any()
+    return cfg
+
+
+def _read(path: Path, cls: type) -> tuple[FileChecker, Any]:
+    """Read and check one written config: (the checker with its problems, the config)."""
+    ctx = FileChecker(str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        ctx.note(None, "missing; rerun the suite to write it")
+        return ctx, None
+    except (OSError, UnicodeDecodeError) as e:
+        ctx.note(None, f"unreadable ({type(e).__name__}: {e}); delete the folder and rerun the suite")
+        return ctx, None
+    data = parse_yaml(text, ctx, WrittenLoader)
+    if data is INVALID:
+        return ctx, None
+    ctx.raw = data
+    cfg = ctx.dataclass(cls, data, (), complete=True)
+    if cfg is not INVALID and isinstance(cfg.dataset, DatasetSpec) and isinstance(cfg.dataset.task, str):
+        from ..data.tasks import TASKS
+
+        if cfg.dataset.task not in TASKS:
+            ctx.add(("dataset", "task"), TASKS.unknown_message(cfg.dataset.task))
+        elif isinstance(cfg.dataset.task_args, dict):
+            TASKS.get(cfg.dataset.task).checked_args(cfg.dataset.task_args, ctx, ("dataset", "task_args"))
+    return ctx, cfg
+
+
+def check_written_configs(folders: list[tuple[Path, type]]) -> None:
+    """Every ``config.yaml`` already in ``folders`` (pairs of folder and ``CellConfig`` or
+    ``StageConfig``) read back before a run starts: one ``UserError`` with every problem of
+    every file, so a hand-edited or version-skewed results folder stops the run with exit 2
+    instead of failing its cells one by one."""
+    problems: list[str] = []
+    for folder, cls in folders:
+        path = Path(folder) / CONFIG_FILE
+        if path.exists():
+            ctx, _ = _read(path, cls)
+            problems += [msg for _, msg in sorted(ctx.messages, key=lambda lm: lm[0])]
+    if problems:
+        raise UserError(problems=problems + ["a results folder's config.yaml is written by `harness run`; "
+                                             "restore it, or delete that cell's folder and rerun"])
+
+
+def build_method(cfg: CellConfig, source: str | Path):
+    """The configured method of a cell (None for ``sft``), with a problem in its name or
+    hyperparameters reported as ``source: method...: reason`` (plugins must be loaded first)."""
+    if not cfg.trains:
+        return None
+    try:
+        return methods.get(cfg.method.name, **cfg.method.hparams)
+    except methods.MethodConfigError as e:
+        where = ("method", "hparams", *e.keys[:1]) if e.keys else ("method", "name")
+        raise UserError(f"{source}: {format_path(where)}: {e.reason}") from None

@@ -1,0 +1,99 @@
+"""A plan in words: counts, every cell and SFT stage with its status, and a rough compute
+estimate (training tokens, and FLOPs for tiny models: 6 x parameters x tokens)."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from ..results import CorruptFileError, read_status
+from .plan import Plan
+
+
+def _state(folder: Path) -> str:
+    """A cell's or stage's state for the listing ("unreadable" for a damaged status file)."""
+    try:
+        return str(read_status(folder)["state"])
+    except (CorruptFileError, OSError):
+        return "unreadable"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return ["  " + fmt.format(*header).rstrip()] + ["  " + fmt.format(*map(str, r)).rstrip() for r in rows]
+
+
+# Rough vocabulary sizes of the tiny-model tokenizers, for the estimate only.
+_VOCAB_ESTIMATE = {"char": 64, "byte": 384, "gpt2": 50257}
+
+
+def tiny_param_estimate(tiny: dict) -> int:
+    """Parameters that cost matmul FLOPs in a tiny model: per layer 4 h^2 (q, k, v, o) plus
+    the MLP (3 h i gated for llama/qwen2, 2 h i for gpt2), plus the LM head h V. Embedding
+    lookups cost no FLOPs and are left out, as in Kaplan et al. (2020)'s C = 6 N D."""
+    h, layers = tiny["hidden_size"], tiny["num_layers"]
+    inter = tiny.get("intermediate_size") or 2 * h
+    mlp = (2 if tiny["arch"] == "gpt2" else 3) * h * inter
+    vocab = tiny["bpe_vocab_size"] if tiny["tokenizer"] == "bpe" else _VOCAB_ESTIMATE[tiny["tokenizer"]]
+    return layers * (4 * h * h + mlp) + h * vocab
+
+
+def _human(n: float) -> str:
+    for unit, div in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def describe_plan(plan: Plan, results_dir: str | os.PathLike) -> str:
+    """A readable plan: counts, the cells with their status, SFT stages, and a rough compute
+    estimate."""
+    s = plan.suite
+    root = Path(results_dir) / s.name
+    n_var = len({c.label for c in plan.cells})
+    out = [f"Suite {s.name!r}: {_n(len(plan.cells), 'cell')} = {_n(len(s.models), 'model')} x "
+           f"{_n(len(s.datasets), 'data set')} x {_n(n_var, 'method variant')} x {_n(len(s.seeds), 'seed')}; "
+           f"{_n(len(plan.sft_stages), 'SFT stage')}"]
+    if s.description:
+        out.append(f"  {s.description.strip()}")
+    states = {c.cell_id: _state(root / c.cell_id) for c in plan.cells}
+    counts: dict[str, int] = {}
+    for st in states.values():
+        counts[st] = counts.get(st, 0) + 1
+    out.append("Status: " + ", ".join(f"{n} {st}" for st, n in sorted(counts.items())))
+    out += ["", "Cells:"]
+    out += _table([[c.label, c.model, c.dataset, c.seed, states[c.cell_id], c.cell_id] for c in plan.cells],
+                  ["label", "model", "dataset", "seed", "status", "cell id"])
+    if plan.sft_stages:
+        out += ["", "SFT stages:"]
+        out += _table([[st.model, st.dataset, "-" if st.seed is None else st.seed, st.config["sft"]["steps"],
+                        _state(root / "_sft" / st.stage_id), st.stage_id] for st in plan.sft_stages],
+                      ["model", "dataset", "seed", "steps", "status", "stage id"])
+    # Compute estimate: every sequence counted at max_length (an upper bound).
+    pref_tokens: dict[str, int] = {}
+    for c in plan.cells:
+        t = c.config["train"]
+        pref_tokens[c.model] = pref_tokens.get(c.model, 0) + \
+            t["steps"] * t["batch_size"] * t["grad_accum"] * t["max_length"] * 2
+    sft_tokens: dict[str, int] = {}
+    for st in plan.sft_stages:
+        t = st.config["sft"]
+        sft_tokens[st.model] = sft_tokens.get(st.model, 0) + \
+            t["steps"] * t["batch_size"] * t["grad_accum"] * t["max_length"]
+    total = sum(pref_tokens.values()) + sum(sft_tokens.values())
+    out += ["", "Compute estimate (rough: tokens = steps x batch_size x grad_accum x max_length, x2 for "
+                "chosen+rejected; sequences counted at full length, reference and evaluation passes left out):",
+            f"  training tokens: {_human(sum(pref_tokens.values()))} preference + "
+            f"{_human(sum(sft_tokens.values()))} SFT = {_human(total)}"]
+    for m in s.models:
+        if m.tiny is not None:
+            n = tiny_param_estimate(asdict(m.tiny))
+            toks = pref_tokens.get(m.name, 0) + sft_tokens.get(m.name, 0)
+            out.append(f"  {m.name}: ~{_human(n)} parameters (tiny model), ~{_human(6 * n * toks)} FLOPs "
+                       f"(6 x N x tokens)")
+    return "\n".join(out)
