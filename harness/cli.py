@@ -6,7 +6,6 @@ Exit codes: 0 success; 1 some cells failed (their folders say why); 2 invalid in
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -174,6 +173,7 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from . import config
     from .launch import Job, format_summary, launch
+    from .paths import slurm_profile
     from .results import read_status
     from .runner import materialize, run_job
 
@@ -189,6 +189,11 @@ def cmd_run(args) -> int:
     if args.workers:
         suite.launcher.workers = args.workers
     _check_runnable(plan)
+    profile = None
+    if suite.launcher.type == "slurm":  # the same lookup as validate's (harness.paths)
+        profile = slurm_profile(suite.launcher.slurm_profile, loaded.base_dir)
+    config.check_written_configs([(suite_dir / "_sft" / s.stage_id, config.StageConfig) for s in plan.sft_stages]
+                                 + [(suite_dir / c.cell_id, config.CellConfig) for c in plan.cells])
     materialize(plan, suite_dir, Path(loaded.path).read_text() if getattr(loaded, "path", None) else None)
     jobs = []
     states = {}
@@ -219,9 +224,6 @@ def cmd_run(args) -> int:
     t0 = time.time()
     outcomes = []
     if jobs:
-        profile = None
-        if suite.launcher.type == "slurm":
-            profile = _resolve(suite.launcher.slurm_profile, Path(loaded.path).parent)
         outcomes = launch(jobs, suite.launcher, suite_dir / "_launch", profile_path=profile,
                           progress=_progress_printer(len(jobs)))
     _record_hard_failures(outcomes, {j.name: Path(j.log_hint) for j in jobs})
@@ -265,33 +267,17 @@ def _check_runnable(plan) -> None:
     """Fail fast (before any training) on what can only fail later: hub-only models or
     benchmarks on an offline machine."""
     from .evaluate.lmeval import check_available
+    from .hub import hub_reachable, offline
 
-    tasks = sorted({t for c in plan.cells for t in c.config["eval"].get("lm_eval_tasks", [])
-                    if not t.startswith("embedded")})
+    ev = plan.suite.eval
+    tasks = sorted({t for t in ev.lm_eval_tasks if not t.startswith("embedded")})
     if tasks:
-        check_available(tasks, allow_code_execution=any(c.config["eval"].get("allow_code_execution")
-                                                        for c in plan.cells))
-    offline = any(os.environ.get(k, "0") not in ("0", "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    for c in plan.cells:
-        m = c.config["model"]
-        if m.get("hub") and not m.get("path"):
-            if offline or not _hub_reachable():
-                raise UserError(f"model {m['name']!r}: hub id {m['hub']!r} cannot be downloaded here (offline). "
-                                f"Give a local `path:`, run on a connected machine, or use `run --smoke` "
-                                f"to exercise the pipeline with tiny stand-ins.")
-
-
-def _hub_reachable() -> bool:
-    from .evaluate.lmeval import _hub_reachable as probe
-
-    return probe()
-
-
-def _resolve(p: str, base: Path) -> Path:
-    q = Path(p)
-    if q.is_absolute():
-        return q
-    return (base / q) if (base / q).exists() else q
+        check_available(tasks, allow_code_execution=ev.allow_code_execution)
+    for m in plan.suite.models:
+        if m.hub and not m.path and (offline() or not hub_reachable()):
+            raise UserError(f"model {m.name!r}: hub id {m.hub!r} cannot be downloaded here (offline). "
+                            f"Give a local `path:`, run on a connected machine, or use `run --smoke` "
+                            f"to exercise the pipeline with tiny stand-ins.")
 
 
 def _progress_printer(total: int):

@@ -14,7 +14,6 @@ process, or in a SLURM array task. Each job:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -22,38 +21,14 @@ import shutil
 import sys
 import time
 import traceback
-import typing
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import schema
+from .config.cell import build_method, load_cell_config, load_stage_config
 from .errors import UserError
-
-
-# --------------------------------------------------------------------- dict -> spec
-def build(cls, d):
-    """Rebuild a schema dataclass (recursively) from the plain dict of a resolved config."""
-    if d is None or not dataclasses.is_dataclass(cls):
-        return d
-    hints = typing.get_type_hints(cls)
-    kw = {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    for k, v in d.items():
-        if k not in names:
-            continue
-        t = hints[k]
-        args = [a for a in typing.get_args(t) if a is not type(None)]
-        target = args[0] if typing.get_origin(t) is typing.Union and len(args) == 1 else t
-        kw[k] = build(target, v) if dataclasses.is_dataclass(target) and isinstance(v, dict) else v
-    return cls(**kw)
-
-
-def load_config(folder: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load((Path(folder) / "config.yaml").read_text())
+from .schema import SFTSpec
 
 
 # --------------------------------------------------------------------------- folders
@@ -167,8 +142,8 @@ def _wait_for_stage(suite_dir: Path, folder: Path, poll_s: float = 1.0) -> None:
     from .results import lock_info, read_status
 
     try:
-        sid = load_config(folder).get("sft_stage")
-    except FileNotFoundError:
+        sid = load_cell_config(folder).sft_stage
+    except UserError:  # missing or invalid: the job itself reports it, with its status
         return
     if not sid:
         return
@@ -212,16 +187,12 @@ def _quiet_threads() -> None:
 
 
 # ------------------------------------------------------------------------- SFT stage
-def _stage_data(cfg: dict, base_dir: Path | None):
+def _stage_data(cfg):
+    """The data set of a stage or cell config (its paths are absolute), with the SFT examples
+    its SFT settings name (the schema's default source when the suite has no SFT stage)."""
     from .data.loading import load_dataset
 
-    ds = build(schema.DatasetSpec, cfg["dataset"])
-    sft = cfg.get("sft") or {}
-    return load_dataset(ds, base_dir, sft.get("data", "sft"))
-
-
-def _base_dir(cfg: dict) -> Path | None:
-    return Path(cfg["base_dir"]) if cfg.get("base_dir") else None
+    return load_dataset(cfg.dataset, None, (cfg.sft or SFTSpec()).data)
 
 
 def _run_sft(suite_dir: Path, folder: Path) -> dict:
@@ -230,11 +201,10 @@ def _run_sft(suite_dir: Path, folder: Path) -> dict:
     from .models import load_model, save_model, weights_fingerprint
     from .results import atomic_write_json
 
-    cfg = load_config(folder)
-    data = _stage_data(cfg, _base_dir(cfg))
-    mspec = build(schema.ModelSpec, cfg["model"])
-    sft = build(schema.SFTSpec, cfg["sft"])
-    seed = int(cfg.get("seed") or 0)
+    cfg = load_stage_config(folder)
+    data = _stage_data(cfg)
+    mspec, sft = cfg.model, cfg.sft
+    seed = cfg.seed or 0
     texts = [str(p) + r for p, r in data.sft] if mspec.tiny else None
     model, tok = load_model(mspec, alphabet=data.alphabet, texts=texts, seed=seed)
     tdata = tokenize(data.sft, tok, sft.max_length, sft.max_prompt_length, mspec.chat_template,
@@ -264,17 +234,15 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
     from .models import load_model, load_saved, param_count
     from .results import atomic_write_json, env_info, read_status
 
-    cfg = load_config(folder)
-    for p in cfg.get("plugins", []) or []:
-        methods.load_plugin(p, base_dir=_base_dir(cfg))
+    cfg = load_cell_config(folder)
+    for p in cfg.plugins:
+        methods.load_plugin(p)
+    method = build_method(cfg, folder / "config.yaml")
     if _rank()[0] == 0:
         atomic_write_json(folder / "env.json", env_info())
-    mspec = build(schema.ModelSpec, cfg["model"])
-    tspec = build(schema.TrainSpec, cfg["train"])
-    espec = build(schema.EvalSpec, cfg["eval"])
-    seed = int(cfg["seed"])
-    data = _stage_data(cfg, _base_dir(cfg))
-    stage_dir = suite_dir / "_sft" / cfg["sft_stage"] if cfg.get("sft_stage") else None
+    mspec, tspec, espec, seed = cfg.model, cfg.train, cfg.eval, cfg.seed
+    data = _stage_data(cfg)
+    stage_dir = suite_dir / "_sft" / cfg.sft_stage if cfg.sft_stage else None
     stage_info: dict = {}
     if stage_dir is not None:
         st = read_status(stage_dir)
@@ -301,17 +269,13 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
             enable_gradient_checkpointing(policy)
         if mspec.lora is not None:
             policy = apply_lora(policy, mspec)
-    mname = cfg["method"]["name"]
     train_res = None
     counters: dict = {}
     t_train = 0.0
     tdata = tokenize(data.train, tok, tspec.max_length, tspec.max_prompt_length, mspec.chat_template,
                      cache_dir=suite_dir / "_cache")
-    if mname != "sft":
+    if method is not None:  # None: the "sft" pseudo-method evaluates the SFT checkpoint as it is
         _require_pairs(tdata, data, "training pairs", tspec)
-    method = None
-    if mname != "sft":
-        method = methods.get(mname, **cfg["method"]["hparams"])
         ref_loader = (lambda: init()[0]) if method.needs else None
         features = Features(method, tdata, ref_loader=ref_loader,
                             cache_dir=(suite_dir / "_cache") if tspec.reference_cache else None,
@@ -320,14 +284,14 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
         if stage_info.get("weights_fingerprint"):
             features.ref_id = stage_info["weights_fingerprint"]
         train_res = train(policy, tdata, PreferenceObjective(method, features), tspec, seed, folder,
-                          tokenizer=tok, desc=f"{cfg['method']['label']} s{seed}")
+                          tokenizer=tok, desc=f"{cfg.method.label} s{seed}")
         # the training steps' own time, summed over every process that ran them (resumes included)
         t_train = train_res.wall_s
     if _rank()[0] != 0:
         return {}  # rank 0 evaluates and writes the results
     metrics: dict[str, Any] = {
-        "cell_id": folder.name, "suite": cfg.get("suite"), "model": mspec.name, "dataset": data.name,
-        "method": mname, "label": cfg["method"]["label"], "seed": seed, "hparams": cfg["method"].get("hparams", {}),
+        "cell_id": folder.name, "suite": cfg.suite, "model": mspec.name, "dataset": data.name,
+        "method": cfg.method.name, "label": cfg.method.label, "seed": seed, "hparams": cfg.method.hparams,
     }
     if espec.enabled:
         from .evaluate.policy import evaluate_policy
@@ -360,7 +324,7 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
         metrics["train/final_loss"] = train_res.last_metrics.get("loss")
         metrics["train/resumed_from"] = train_res.resumed_from
     atomic_write_json(folder / "metrics.json", metrics)
-    if cfg["train"].get("keep_model"):
+    if tspec.keep_model:
         from .models import save_model
 
         save_model(policy.cpu(), tok, folder / "model")

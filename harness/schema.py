@@ -27,6 +27,8 @@ def f(default: Any = None, help: str = "", range: Range | None = None, factory=N
     return field(default=default, metadata=md)
 
 
+SFT_METHOD = "sft"  # the method name that evaluates the SFT checkpoint itself, untrained
+
 POS = Range(gt=0)
 NONNEG = Range(ge=0)
 PROB = Range(ge=0, lt=1)
@@ -102,7 +104,8 @@ class DatasetSpec:
 # ---------------------------------------------------------------------------- methods
 @dataclass
 class MethodSpec:
-    name: str = f(None, "registered method (`python -m harness ls methods`), or `sft` for the SFT checkpoint itself")
+    name: str = f(None, f"registered method (`python -m harness ls methods`), or `{SFT_METHOD}` for the SFT "
+                        f"checkpoint itself")
     label: Optional[str] = f(None, "row name in tables; default: the method name plus grid values")
     hparams: dict = f(None, "hyperparameter overrides", factory=dict)
     grid: dict = f(None, "hyperparameter -> list of values; one cell per combination", factory=dict)

@@ -175,11 +175,13 @@ class Checker:
 
     Subclasses place problems (``harness.config`` adds file and line) by overriding ``add``.
     ``unknown`` records the unknown keys written at each path, so that a later check can
-    tell a missing key from a misspelled one."""
+    tell a missing key from a misspelled one. ``complete``: every field of every mapping must
+    be given (a file the harness wrote itself has them all), not only the required ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, complete: bool = False) -> None:
         self.problems: list[SettingError] = []
         self.unknown: dict[tuple, list[str]] = {}
+        self.complete = complete
 
     def add(self, path: tuple, reason: str) -> None:
         self.problems.append(SettingError(reason, path))
@@ -198,14 +200,14 @@ class Checker:
         """``v`` converted to ``tp``, or ``INVALID`` after recording the problem."""
         if v is INVALID:  # already reported
             return INVALID
+        if tp is Any:  # anything, null included (a method's hyperparameters: it checks them itself)
+            return v
         optional, tp = optional_inner(tp)
         if v is None:
             if optional:
                 return None
             return self._bad(path, f"must not be null; give {expected(tp)} or remove the key to use the default")
         origin = get_origin(tp)
-        if tp is Any:
-            return v
         if dataclasses.is_dataclass(tp):
             return self.dataclass(tp, v, path)
         if origin is Literal:
@@ -257,10 +259,10 @@ class Checker:
         return tuple(items) if (tp is tuple or get_origin(tp) is tuple) else items
 
     # -- a mapping of fields
-    def dataclass(self, cls: type, v: Any, path: tuple = (), complete: bool = False) -> Any:
+    def dataclass(self, cls: type, v: Any, path: tuple = ()) -> Any:
         """A ``cls`` instance from the mapping ``v``: unknown keys, missing required keys (every
-        key when ``complete``: a file the harness wrote itself has them all) and bad values are
-        recorded; bad values are kept as ``INVALID``."""
+        key when ``complete``) and bad values are recorded; bad values are kept as ``INVALID``."""
+        complete = self.complete
         names = [fl.name for fl in dataclasses.fields(cls)]
         if not isinstance(v, dict):
             return self._bad(path, f"must be a mapping with keys {', '.join(names)}; got {show(v)}")

@@ -14,6 +14,7 @@ One job per module; each imports only modules above it in this list (no circles)
 
 The schema itself (the dataclasses every part of the harness reads) is ``harness.schema``.
 """
+from ..schema import SFT_METHOD
 from .cell import (
     CellConfig,
     StageConfig,
@@ -27,10 +28,11 @@ from .docs import schema_markdown, update_readme
 from .ids import config_hash
 from .plan import Cell, Plan, SFTStage, expand
 from .suite import LoadedSuite, load_suite, load_suite_dict
-from .variants import SFT_METHOD, Variant
+from .variants import Variant
 
 __all__ = [
     "Cell", "CellConfig", "LoadedSuite", "Plan", "SFTStage", "SFT_METHOD", "StageConfig", "Variant",
-    "build_method", "check_written_configs", "config_hash", "describe_plan", "expand", "load_cell_config", "load_stage_config",
-    "load_suite", "load_suite_dict", "schema_markdown", "tiny_param_estimate", "update_readme",
+    "build_method", "check_written_configs", "config_hash", "describe_plan", "expand", "load_cell_config",
+    "load_stage_config", "load_suite", "load_suite_dict", "schema_markdown", "tiny_param_estimate",
+    "update_readme",
 ]

@@ -17,10 +17,9 @@ import methods
 from methods.settings import format_path
 
 from ..errors import UserError
-from ..schema import DatasetSpec, EvalSpec, ModelSpec, SFTSpec, TrainSpec
+from ..schema import SFT_METHOD, DatasetSpec, EvalSpec, ModelSpec, SFTSpec, TrainSpec
 from .check import INVALID, FileChecker
 from .source import WrittenLoader, parse_yaml
-from .variants import SFT_METHOD
 
 CONFIG_FILE = "config.yaml"
 
@@ -85,7 +84,7 @@ def _load(path: Path, cls: type):
 
 def _read(path: Path, cls: type) -> tuple[FileChecker, Any]:
     """Read and check one written config: (the checker with its problems, the config)."""
-    ctx = FileChecker(str(path))
+    ctx = FileChecker(str(path), complete=True)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -98,7 +97,12 @@ def _read(path: Path, cls: type) -> tuple[FileChecker, Any]:
     if data is INVALID:
         return ctx, None
     ctx.raw = data
-    cfg = ctx.dataclass(cls, data, (), complete=True)
+    untrained = _sft_cell(data)
+    if untrained:  # the one value outside TrainSpec's ranges that expand writes (see _sft_cell)
+        data = {**data, "train": {**data["train"], "steps": 1}}
+    cfg = ctx.dataclass(cls, data)
+    if untrained and cfg is not INVALID:
+        cfg.train.steps = 0
     if cfg is not INVALID and isinstance(cfg.dataset, DatasetSpec) and isinstance(cfg.dataset.task, str):
         from ..data.tasks import TASKS
 
@@ -107,6 +111,16 @@ def _read(path: Path, cls: type) -> tuple[FileChecker, Any]:
         elif isinstance(cfg.dataset.task_args, dict):
             TASKS.get(cfg.dataset.task).checked_args(cfg.dataset.task_args, ctx, ("dataset", "task_args"))
     return ctx, cfg
+
+
+def _sft_cell(data: Any) -> bool:
+    """Whether ``data`` is the config of an ``sft`` pseudo-method cell with ``train.steps: 0``:
+    it evaluates the SFT checkpoint as it is, so ``expand`` writes zero steps, which a suite
+    may not ask for (``steps`` must be > 0)."""
+    try:
+        return data["method"]["name"] == SFT_METHOD and data["train"]["steps"] == 0
+    except (KeyError, TypeError):
+        return False
 
 
 def check_written_configs(folders: list[tuple[Path, type]]) -> None:

@@ -24,8 +24,8 @@ __all__ = ["FileChecker", "INVALID", "ok", "show", "format_path", "items"]
 class FileChecker(Checker):
     """A ``Checker`` whose problems name ``source`` and the line of their key."""
 
-    def __init__(self, source: str, raw: Any = None):
-        super().__init__()
+    def __init__(self, source: str, raw: Any = None, complete: bool = False):
+        super().__init__(complete)
         self.source = source
         self.raw = raw
         self.lines: dict[tuple, int] = {}

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import resolve, slug
-from ..schema import DatasetSpec, Suite
+from ..schema import SFT_METHOD, DatasetSpec, Suite
 from .ids import config_hash
 from .suite import LoadedSuite
-from .variants import SFT_METHOD, method_variants
+from .variants import method_variants
 
 CELL_ID_LABEL_LEN = 40  # characters of the method label in a cell id
 

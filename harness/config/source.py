@@ -10,7 +10,8 @@ Two loaders, both ``yaml.SafeLoader`` subclasses (no Python tags, ever):
   ``config.yaml``): PyYAML's own YAML 1.1 rules, so every value reads back as it was written.
 
 Duplicate keys are problems (plain PyYAML keeps the last); merge keys (``<<: *anchor``) work as
-in PyYAML. Every node is converted afresh at each alias, so a document of nested aliases (a
+in PyYAML (its ``flatten_mapping``, which merges each key node once, so merges stay small).
+Every node is converted afresh at each alias, so a document of nested aliases (a
 "billion laughs": 1.4 KB that would expand to gigabytes) is stopped once it has produced
 ``MAX_VALUES`` values, with its file and line, in bounded memory and time; nesting deeper than
 ``MAX_DEPTH`` is refused the same way.
@@ -115,7 +116,7 @@ class _Converter:
         self.loader, self.ctx = loader, ctx
         self.made = 0
         self.key_line = 1  # the line of the last key read: where an expansion is reported
-        self.merged: dict[int, list] = {}  # id(mapping node) -> its entries, merges applied
+        self.flattened: set[int] = set()  # mapping nodes whose merge keys are applied
 
     def _count(self, node: yaml.Node, depth: int) -> None:
         self.made += 1
@@ -147,20 +148,12 @@ class _Converter:
         return self._mapping(node, path, active, depth)
 
     def _mapping(self, node: yaml.MappingNode, path: tuple, active: frozenset, depth: int) -> dict:
-        # Duplicates among the keys written here are mistakes; keys that override a merged
-        # (``<<: *anchor``) mapping are the point of merging, so check before merging.
-        first_line: dict[Any, int] = {}
-        for knode, _ in node.value:
-            if knode.tag == _MERGE or not isinstance(knode, yaml.ScalarNode):
-                continue
-            key = self.loader.construct_object(knode, deep=True)
-            line = knode.start_mark.line + 1
-            if key in first_line:
-                self.ctx.add(path + (key,), f"duplicate key (first set at line {first_line[key]}); keep one", line=line)
-            else:
-                first_line[key] = line
+        if id(node) not in self.flattened:  # once per node, however many aliases point at it
+            self.flattened.add(id(node))
+            self._check_duplicates(node, path)
+            self.loader.flatten_mapping(node)  # PyYAML's merge semantics (6.0.4 merges each key node once)
         out = {}
-        for knode, vnode in self._entries(node):
+        for knode, vnode in node.value:
             line = knode.start_mark.line + 1
             if not isinstance(knode, yaml.ScalarNode):
                 self.ctx.add(path, "keys must be plain names, not lists or mappings", line=line)
@@ -174,38 +167,16 @@ class _Converter:
             out[key] = self.value(vnode, path + (key,), active, depth + 1)
         return out
 
-    def _entries(self, node: yaml.MappingNode) -> list[tuple[yaml.Node, yaml.Node]]:
-        """The mapping's (key, value) nodes with merge keys applied as PyYAML's
-        ``flatten_mapping`` does (merged entries first, the later of ``<<: [*a, *b]`` first,
-        then the entries written here), each key once: at its first position, with its last
-        value, which is what building a dict from PyYAML's list gives. Computed once per
-        node, so merges of merges stay linear in the size of the file."""
-        if id(node) in self.merged:
-            return self.merged[id(node)]
-        merged: list = []
-        written: list = []
-        for knode, vnode in node.value:
-            if knode.tag != _MERGE:
-                written.append((knode, vnode))
+    def _check_duplicates(self, node: yaml.MappingNode, path: tuple) -> None:
+        """Duplicates among the keys written here are mistakes; keys that override a merged
+        (``<<: *anchor``) mapping are the point of merging, so this runs before merging."""
+        first_line: dict[Any, int] = {}
+        for knode, _ in node.value:
+            if knode.tag == _MERGE or not isinstance(knode, yaml.ScalarNode):
                 continue
-            subs = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
-            for sub in subs:
-                if not isinstance(sub, yaml.MappingNode):
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"expected a mapping or list of mappings for merging, but found {sub.id}", sub.start_mark)
-            for sub in reversed(subs):
-                merged.extend(self._entries(sub))
-        at: dict[Any, int] = {}
-        out: list = []
-        for knode, vnode in merged + written:
-            self.made += 1  # merged entries cost memory too
-            key = (self.loader.construct_object(knode, deep=True) if isinstance(knode, yaml.ScalarNode)
-                   else ("<node>", id(knode)))  # not a name: reported when the mapping is read
-            if key in at:
-                out[at[key]] = (knode, vnode)  # the last value, and its line
+            key = self.loader.construct_object(knode, deep=True)
+            line = knode.start_mark.line + 1
+            if key in first_line:
+                self.ctx.add(path + (key,), f"duplicate key (first set at line {first_line[key]}); keep one", line=line)
             else:
-                at[key] = len(out)
-                out.append((knode, vnode))
-        self.merged[id(node)] = out
-        return out
+                first_line[key] = line

@@ -17,12 +17,9 @@ import methods
 from methods.settings import Checker, SettingError, did_you_mean, format_path
 
 from ..errors import UserError
-from ..schema import MethodSpec, Suite, TrainSpec
+from ..schema import SFT_METHOD, MethodSpec, Suite, TrainSpec
 from .check import INVALID, FileChecker, items, ok, show
 from .ids import canonical
-
-SFT_METHOD = "sft"  # the pseudo-method: evaluate the SFT checkpoint itself, untrained
-
 
 @dataclass
 class Variant:
