@@ -184,10 +184,7 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(config.describe_plan(plan, results_root))
         return 0
-    if args.launcher:
-        suite.launcher.type = args.launcher
-    if args.workers:
-        suite.launcher.workers = args.workers
+    suite.launcher = config.launcher_overrides(suite.launcher, type=args.launcher, workers=args.workers)
     _check_runnable(plan)
     profile = None
     if suite.launcher.type == "slurm":  # the same lookup as validate's (harness.paths)

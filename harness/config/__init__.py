@@ -27,12 +27,12 @@ from .describe import describe_plan, tiny_param_estimate
 from .docs import schema_markdown, update_readme
 from .ids import config_hash
 from .plan import Cell, Plan, SFTStage, expand
-from .suite import LoadedSuite, load_suite, load_suite_dict
+from .suite import LoadedSuite, launcher_overrides, load_suite, load_suite_dict
 from .variants import Variant
 
 __all__ = [
     "Cell", "CellConfig", "LoadedSuite", "Plan", "SFTStage", "SFT_METHOD", "StageConfig", "Variant",
-    "build_method", "check_written_configs", "config_hash", "describe_plan", "expand", "load_cell_config",
-    "load_stage_config", "load_suite", "load_suite_dict", "schema_markdown", "tiny_param_estimate",
-    "update_readme",
+    "build_method", "check_written_configs", "config_hash", "describe_plan", "expand", "launcher_overrides",
+    "load_cell_config", "load_stage_config", "load_suite", "load_suite_dict", "schema_markdown",
+    "tiny_param_estimate", "update_readme",
 ]

@@ -22,7 +22,7 @@ import importlib.util
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from methods.settings import did_you_mean
 
 from ..errors import UserError
 from ..paths import find_slurm_profile, resolve, slurm_profile_problem
-from ..schema import DatasetSpec, SFTSpec, Suite, TinyModelSpec, TrainSpec
+from ..schema import DatasetSpec, LauncherSpec, SFTSpec, Suite, TinyModelSpec, TrainSpec
 from .check import INVALID, FileChecker, items, ok, show
 from .source import parse_yaml
 from .variants import Variant, check_methods
@@ -81,6 +81,15 @@ def load_suite_dict(d: dict, source: str = "<dict>", base_dir: str | os.PathLike
     text = json.dumps(d, default=str)  # key order as given; keys may be of mixed types
     base = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
     return _check(d, ctx, None, base, hashlib.sha256(text.encode()).hexdigest())
+
+
+def launcher_overrides(launcher: LauncherSpec, **given: Any) -> LauncherSpec:
+    """``launcher`` with the command line's overrides (``run --launcher/--workers``; None: not
+    given), checked like the suite's own keys: ``--workers 0`` is an error, not ignored."""
+    ctx = FileChecker("command line")
+    good = ctx.fields(LauncherSpec, {k: v for k, v in given.items() if v is not None}, ("launcher",))
+    ctx.raise_if_any()
+    return replace(launcher, **good)
 
 
 def _check(data: Any, ctx: FileChecker, path: Path | None, base_dir: Path, text_hash: str) -> LoadedSuite:
