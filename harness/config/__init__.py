@@ -12,7 +12,9 @@ One job per module; each imports only modules above it in this list (no circles)
 * ``describe``: ``describe_plan``, a readable plan with a compute estimate
 * ``docs``: the key tables of ``suites/README.md`` (``python -m harness.config docs``)
 
-The schema itself (the dataclasses every part of the harness reads) is ``harness.schema``.
+The schema itself (the dataclasses every part of the harness reads) is ``harness.schema``, kept
+outside this package on purpose: core, data, models and evaluate read it and must not depend
+on the suite machinery. The checking rules themselves are ``methods.settings``.
 """
 from ..schema import SFT_METHOD
 from .cell import (
