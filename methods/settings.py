@@ -176,7 +176,8 @@ class Checker:
     Subclasses place problems (``harness.config`` adds file and line) by overriding ``add``.
     ``unknown`` records the unknown keys written at each path, so that a later check can
     tell a missing key from a misspelled one. ``complete``: every field of every mapping must
-    be given (a file the harness wrote itself has them all), not only the required ones."""
+    be given (a file the harness wrote itself has them all), not only the required ones,
+    except a field whose ``metadata["omitted_when_default"]`` says it is written only when set."""
 
     def __init__(self, complete: bool = False) -> None:
         self.problems: list[SettingError] = []
@@ -269,6 +270,8 @@ class Checker:
         kwargs = self.fields(cls, v, path)
         for fl in dataclasses.fields(cls):
             if fl.name in v or not (complete or is_required(fl, hints(cls)[fl.name])):
+                continue
+            if complete and fl.metadata.get("omitted_when_default"):  # written only when set
                 continue
             if complete and self.misspelled(path, fl.name):
                 kwargs[fl.name] = INVALID  # the unknown key already says it

@@ -53,11 +53,24 @@ def test_what_run_writes_reads_back_exactly(written):
     plan, suite_dir = written
     for c in plan.cells:
         cfg = config.load_cell_config(suite_dir / c.cell_id)
-        assert dataclasses.asdict(cfg) == {**c.config, "cell_id": c.cell_id, "sft_stage": c.sft_stage_id}
+        assert dataclasses.asdict(cfg) == {**c.config, "cell_id": c.cell_id, "sft_stage": c.sft_stage_id,
+                                           "smoke": False}  # a real run writes no smoke key
         assert isinstance(cfg.train.steps, int) and isinstance(cfg.train.lr, float)
         assert cfg.trains == (c.method != "sft")
     for s in plan.sft_stages:
-        assert dataclasses.asdict(config.load_stage_config(suite_dir / "_sft" / s.stage_id)) == s.config
+        assert dataclasses.asdict(config.load_stage_config(suite_dir / "_sft" / s.stage_id)) == {**s.config,
+                                                                                                 "smoke": False}
+
+
+def test_a_smoke_run_reads_back_as_one(tmp_path):
+    from harness.smoke import mark_plan, smoke_suite
+
+    plan = config.expand(smoke_suite(config.load_suite(GOOD / "grid.yaml")))
+    mark_plan(plan)
+    materialize(plan, tmp_path / plan.suite.name)
+    assert config.load_cell_config(tmp_path / plan.suite.name / plan.cells[0].cell_id).smoke is True
+    stage = plan.sft_stages[0].stage_id
+    assert config.load_stage_config(tmp_path / plan.suite.name / "_sft" / stage).smoke is True
 
 
 def test_a_misspelled_key_is_an_unknown_key_not_a_silent_default(written):

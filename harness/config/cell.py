@@ -22,6 +22,8 @@ from .check import INVALID, FileChecker
 from .source import WrittenLoader, parse_yaml
 
 CONFIG_FILE = "config.yaml"
+# `run --smoke` adds smoke: true after the ids are hashed; a real run's config has no such key
+_SMOKE = field(default=False, metadata={"omitted_when_default": True})
 
 
 @dataclass
@@ -48,6 +50,7 @@ class CellConfig:
     plugins: list[str] = field(default_factory=list)
     cell_id: str = None
     sft_stage: Optional[str] = None  # the stage the cell starts from, or null
+    smoke: bool = _SMOKE  # true under `run --smoke` (harness.smoke.mark_plan)
 
     @property
     def trains(self) -> bool:
@@ -64,6 +67,7 @@ class StageConfig:
     dataset: DatasetSpec = None
     sft: SFTSpec = None
     seed: Optional[int] = None  # null: one stage shared by every seed
+    smoke: bool = _SMOKE
 
 
 def load_cell_config(folder: str | Path) -> CellConfig:
