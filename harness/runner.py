@@ -323,6 +323,9 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
         # a run resumed from its final checkpoint gets these from the log (train())
         metrics["train/final_loss"] = train_res.last_metrics.get("loss")
         metrics["train/resumed_from"] = train_res.resumed_from
+        from .core.train import log_means
+
+        metrics.update(log_means(folder / "train_log.jsonl", TRAIN_MEANS))
     atomic_write_json(folder / "metrics.json", metrics)
     if tspec.keep_model:
         from .models import save_model
@@ -332,9 +335,17 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
     return {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/" in k}}
 
 
+# Logged per-step values whose mean over the run goes into metrics.json as train/<key>:
+# TI-DPO's mean token weights and the weighted margin's scale against DPO's (methods/tidpo.py).
+TRAIN_MEANS = ("weights/chosen_mean", "weights/rejected_mean", "margin/scale")
+
+
 def _write_importance_examples(policy, init, tok, data, method, folder: Path, tspec, n: int = 4) -> None:
     """token_importance.json: the weights TI-DPO gives the tokens of a few held-out pairs
-    (for the report's heatmaps), from the same source model the training used."""
+    (for the report's figures), from the same source model and settings the training used."""
+    from methods.feature_specs import spec_for
+
+    from .core.features import prompt_specials, strip_specials
     from .core.importance import token_weights
     from .data.tokenize import tokenize
     from .results import atomic_write_json
@@ -342,33 +353,51 @@ def _write_importance_examples(policy, init, tok, data, method, folder: Path, ts
     td = tokenize(data.heldout[:n], tok, tspec.max_length, tspec.max_prompt_length)
     if not len(td):
         return
-    src = init()[0] if method.hparams.get("importance_source") == "reference" else policy
+    wspec, pspec = spec_for(method, "token_weights"), spec_for(method, "prompt")
+    prompts = td.prompts
+    if pspec.special_tokens == "drop":
+        specials = prompt_specials(tok)
+        prompts = [strip_specials(p, specials) for p in prompts]
+    src = init()[0] if wspec.source == "reference" else policy
     dev = next(policy.parameters()).device
-    w = token_weights(src.to(dev), td.prompts + td.prompts, td.chosen + td.rejected, method.hparams,
-                      tok.pad_token_id, dev)
+    w = token_weights(src.to(dev), prompts + prompts, td.chosen + td.rejected, wspec, tok.pad_token_id, dev)
     ex = []
     for side, off, seqs in (("chosen", 0, td.chosen), ("rejected", len(td), td.rejected)):
         for i, ids in enumerate(seqs):
-            ex.append({"pair": i, "side": side, "tokens": [tok.decode([t]) for t in ids],
+            ex.append({"pair": i, "side": side, "prompt": tok.decode(prompts[i]),
+                       "tokens": [tok.decode([t]) for t in ids],
                        "weights": [round(float(x), 6) for x in w[off + i]]})
     ex.sort(key=lambda e: (e["pair"], e["side"]))
-    atomic_write_json(folder / "token_importance.json", {"examples": ex, "source": method.hparams.get("importance_source")})
+    atomic_write_json(folder / "token_importance.json", {"examples": ex, "source": wspec.source,
+                                                         "convention": wspec.convention})
 
 
 def _flops(n_params: int, res, method, counters: dict, tdata) -> float | None:
     """6N per trained token (forward + backward), 2N per token of each extra forward
-    (reference passes, importance passes ~ forward + backward to the embeddings)."""
+    (reference passes, importance passes ~ forward + backward to the embeddings), 2N per
+    sampled anchor token."""
+    from methods.feature_specs import spec_for
+
     if res is None:
         return 0.0
     f = 6.0 * n_params * res.tokens
     needs = method.needs if method else frozenset()
-    if needs & {"token_kl", "anchor"}:
+    policy_anchors = "anchor" in needs and spec_for(method, "anchor").source == "policy"
+    if "token_kl" in needs:
         f += 2.0 * n_params * res.tokens
-    elif "reference" in needs and counters.get("ref_cache_hit") == 0:
+    elif policy_anchors:
+        f += 2.0 * n_params * res.tokens / 3  # the reference runs over the anchor rows only
+    if "reference" in needs and counters.get("ref_cache_hit") == 0 and "token_kl" not in needs:
         avg = sum(len(p) * 2 + len(c) + len(r) for p, c, r in zip(tdata.prompts, tdata.chosen, tdata.rejected))
         f += 2.0 * n_params * avg
-    if "token_weights" in needs and method.hparams.get("importance_source") != "reference":
-        f += 4.0 * n_params * res.tokens
+    f += 2.0 * n_params * (counters.get("anchor_tokens", 0) + counters.get("ref_anchor_tokens", 0))
+    if "token_weights" in needs:
+        w = spec_for(method, "token_weights")
+        if w.scheme == "importance" and w.source == "policy":
+            # a separate pass is a forward + a backward to the embeddings; from the training
+            # forward, the backward alone (both over the chosen and rejected rows)
+            per = 2.0 if counters.get("importance_from_forward") else 4.0
+            f += per * n_params * res.tokens * 2 / 3
     return f
 
 

@@ -261,6 +261,13 @@ class PreferenceMethod:
     def hparams(self) -> dict[str, Any]:
         return {n: getattr(self, n) for n in type(self).hparams_spec}
 
+    def feature_settings(self) -> dict[str, Any]:
+        """How the core should compute this method's features: ``{"token_weights":
+        TokenWeightSpec, "anchor": AnchorSpec, "prompt": PromptSpec}`` (``methods.feature_specs``);
+        a missing key means that spec's defaults. The core reads these, never hyperparameter
+        names."""
+        return {}
+
     def loss(self, batch: TokenBatch) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError
 

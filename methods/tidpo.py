@@ -31,7 +31,8 @@ from typing import Annotated, Literal
 from . import register
 from ._torch import F, torch
 from .base import LossOutput, PreferenceMethod, Range, TokenBatch
-from .dpo import masked_sum, zero_padding
+from .dpo import masked_mean, masked_sum, summed_logratios, zero_padding
+from .feature_specs import AnchorSpec, PromptSpec, TokenWeightSpec
 
 
 def _overlap_sq_dist(x: torch.Tensor, x_mask: torch.Tensor, y: torch.Tensor, y_mask: torch.Tensor) -> torch.Tensor:
@@ -68,41 +69,51 @@ def weighted_logratios(b: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 _WEIGHTS_DOC = """
-    Token-weight and anchor settings, read by the training core (implementation and full
-    details: ``harness/core/importance.py`` and ``harness/core/anchors.py``); the loss only
-    reads the resulting ``chosen_weights`` / ``rejected_weights``.
+    Token-weight, anchor and prompt settings. The loss only reads the resulting
+    ``chosen_weights`` / ``rejected_weights`` and anchor tensors; these hyperparameters are
+    handed to the training core as typed specs (``feature_settings()``, ``methods.feature_specs``),
+    which compute them (``harness/core/importance.py``, ``anchors.py``, ``features.py``).
 
-    Token importance (paper Sec. 4.2, Eqs. 5-8), per response y of T tokens, t = 0..T-1:
+    Token importance (paper Sec. 4.2, Eqs. 5-8), per response y of T tokens:
 
     1. ``weight_scheme="importance"``: one forward pass of the ``importance_source`` model
        ("policy" or "reference"; the paper does not say which, the released code uses the
        policy) on prompt + y; target ``L = max over the vocabulary of the logits at the last
-       position``; raw importance ``I_t = || dL / d e_t ||_1`` (L1 norm over the embedding
-       dimension of the gradient with respect to token t's input embedding).
-       ``"random"`` (Table 2) replaces I_t by i.i.d. Uniform[0, 1) draws and keeps steps 2-3;
+       position``; raw importance ``I_i = || dL / d e_i ||_1`` (L1 norm over the embedding
+       dimension of the gradient with respect to token i's input embedding).
+       ``"random"`` (Table 2) replaces I by i.i.d. Uniform[0, 1) draws and keeps steps 2-3;
        ``"uniform"`` (Table 2) sets ``w_t = 1`` on every response token and skips steps 2-3
        (the weighted term then equals its unweighted form: DPO, or TDPO2 for tidpo-official).
     2. ``weight_normalization="paper"`` (Eqs. 6-8): ``I_norm_t = I_t / sum_s I_s`` over the
        response tokens; Gaussian prior ``P(t) = exp(-0.5 ((t - mu) / sigma)^2)``,
        ``mu = (T - 1) / 2``, ``sigma = T / prior_sigma_div``, left unnormalized;
-       ``w_t = importance_lambda * I_norm_t + (1 - importance_lambda) * P(t)``.
-       ``weight_normalization="mean1"`` (released code): I is normalized over the whole
-       prompt + response span S, the prior is taken over that span and normalized to sum 1,
-       and the mixture, restricted to the response, is renormalized to sum 1 and multiplied
-       by T (response weights with mean 1).
+       ``w_t = importance_lambda * I_norm_t + (1 - importance_lambda) * P(t)``; a response
+       whose weights are not all finite gets all ones.
+       ``weight_normalization="released"`` (the released code): over the whole prompt +
+       response span of S tokens, I normalized to sum 1, the prior (``mu = (S - 1) / 2``,
+       ``sigma = max(1, S / max(1, prior_sigma_div))``) normalized to sum 1, the mixture
+       renormalized to sum 1 and multiplied by S; the response tokens keep their slice, so
+       their mean weight is not 1. An importance sum that is not > 0 (all zero, NaN) leaves
+       the prior alone; an infinite importance sets every weight of the batch to 1.
     3. ``prior``: ``"gaussian"``, the method, as above. ``"none"`` (Table 2, no Gaussian
        prior): no prior and no mixing, ``w_t = I_norm_t`` (what importance_lambda = 1 gives).
        ``"softmax"`` (Table 2, "softmax prior"; the paper does not define it): the importance
-       is normalized with a softmax instead of a sum, ``I_norm_t = exp(I_t) / sum_s exp(I_s)``
-       over the same tokens, and then mixed with the Gaussian prior as above.
-    Weights that are not all finite fall back to all ones for that example (the released
-    code's NaN rule, applied to both variants).
+       is normalized with a softmax instead of a sum, then mixed with the Gaussian prior.
 
-    Anchor (triplet): sampled from the current policy under no_grad, at most
-    ``anchor_max_new_tokens`` new tokens, temperature ``anchor_temperature``, ``anchor_top_k``
-    (0 disables it), ``anchor_top_p``. Defaults are the released code's settings (64, 0.8,
-    50, 0.95), which sample from the same prompt, as the core does; the paper instead starts
-    the anchor's context with y_w.
+    Anchor (triplet): ``anchor_source="policy"`` samples one response per prompt from the
+    current policy every step, under no_grad, at most ``anchor_max_new_tokens`` new tokens,
+    temperature ``anchor_temperature``, ``anchor_top_k`` (0 disables it), ``anchor_top_p``
+    (defaults: the released code's 64, 0.8, 50, 0.95; both sample from the same prompt, the
+    paper instead starts the anchor's context with y_w). ``anchor_source="reference"`` (not in
+    the paper or the code; cheaper) samples it once per training example from the frozen
+    reference and caches it with its reference log-probs. ``anchor_sampling="paper"``: the
+    model in eval mode, stop at every EOS id, the stop token scored; ``"released"``: the
+    model's own mode (dropout on while training), stop at the tokenizer's EOS only, every
+    generated pad-id token unscored (with pad == eos the anchor's EOS is not scored).
+
+    ``prompt_special_tokens``: ``"keep"`` feeds each prompt as the data tokenization made
+    it; ``"drop"`` removes the special tokens the tokenizer adds to a bare text (BOS) from
+    every prompt, as the released pipeline tokenizes prompts without special tokens.
 """
 
 
@@ -114,14 +125,53 @@ class _TIDPOBase(PreferenceMethod):
     triplet_margin: Annotated[float, Range(ge=0)] = 0.001
     importance_lambda: Annotated[float, Range(ge=0, le=1)] = 0.7
     prior_sigma_div: Annotated[float, Range(gt=0)] = 4.0
-    weight_normalization: Literal["paper", "mean1"] = "paper"
+    weight_normalization: Literal["paper", "released"] = "paper"
     importance_source: Literal["policy", "reference"] = "policy"
     weight_scheme: Literal["importance", "uniform", "random"] = "importance"
     prior: Literal["gaussian", "none", "softmax"] = "gaussian"
+    anchor_source: Literal["policy", "reference"] = "policy"
+    anchor_sampling: Literal["paper", "released"] = "paper"
     anchor_max_new_tokens: Annotated[int, Range(ge=1)] = 64
     anchor_temperature: Annotated[float, Range(gt=0)] = 0.8
     anchor_top_k: Annotated[int, Range(ge=0)] = 50
     anchor_top_p: Annotated[float, Range(gt=0, le=1)] = 0.95
+    prompt_special_tokens: Literal["keep", "drop"] = "keep"
+
+    def feature_settings(self) -> dict:
+        return {
+            "token_weights": TokenWeightSpec(
+                scheme=self.weight_scheme, source=self.importance_source, convention=self.weight_normalization,
+                mix=self.importance_lambda, prior=self.prior, prior_sigma_div=self.prior_sigma_div),
+            "anchor": AnchorSpec(
+                source=self.anchor_source, convention=self.anchor_sampling, max_new_tokens=self.anchor_max_new_tokens,
+                temperature=self.anchor_temperature, top_k=self.anchor_top_k, top_p=self.anchor_top_p),
+            "prompt": PromptSpec(special_tokens=self.prompt_special_tokens),
+        }
+
+
+def weight_metrics(b: TokenBatch, s_w: torch.Tensor, s_l: torch.Tensor) -> dict[str, float]:
+    """What the token weights do to the margin, logged every step (detached):
+
+    * ``weights/chosen_mean``, ``weights/rejected_mean``: the mean weight of a response's
+      tokens, averaged over the batch (1 for uniform weights; about 0.2 with the paper's
+      unnormalized prior on long responses);
+    * ``margin/weighted`` = mean of ``Delta_w = sum w r(y_w) - sum w r(y_l)``,
+      ``margin/unweighted`` = mean of DPO's ``Delta = sum r(y_w) - sum r(y_l)`` on the same
+      log-probs;
+    * ``margin/scale`` = ``sum_i |Delta_w,i| / sum_i |Delta_i|``: how much of DPO's margin the
+      weighted margin carries, so ``beta * margin/scale`` is the DPO beta with about the same
+      pull. Left out when every ``Delta_i`` is 0 (the first step, policy = reference).
+    """
+    w_c = masked_mean(b.chosen_weights.detach(), b.chosen_mask)
+    w_r = masked_mean(b.rejected_weights.detach(), b.rejected_mask)
+    m_w, m_l = (x.detach() for x in summed_logratios(b))
+    d_w, d = (s_w - s_l).detach(), m_w - m_l
+    out = {"weights/chosen_mean": w_c.mean().item(), "weights/rejected_mean": w_r.mean().item(),
+           "margin/weighted": d_w.mean().item(), "margin/unweighted": d.mean().item()}
+    den = d.abs().sum()
+    if den > 0:
+        out["margin/scale"] = (d_w.abs().sum() / den).item()
+    return out
 
 
 def _triplet_metrics(trip: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, float]:
@@ -151,7 +201,13 @@ class TIDPO(_TIDPOBase):
       finds 0.3-0.7 stable). prior_sigma_div: 4.0 (sigma = T/4). weight_normalization:
       "paper". triplet_margin: 0.001: the paper gives no number; this is the released
       code's value. importance_source: "policy": the paper is silent; the released code uses
-      the policy. Anchor sampling: the released code's settings.
+      the policy. anchor_source "policy" (a policy sample every step, as the paper defines
+      it); anchor_sampling "paper"; the sampling settings are the released code's (the paper
+      gives none). prompt_special_tokens "keep".
+
+    Why this variant moves less than DPO at the same beta: with the paper's unnormalized
+    prior, a long response's mean weight is about 0.2, so the weighted margin is about a
+    fifth of DPO's (logged as ``margin/scale``; see ``weight_metrics``).
     """
 
     __doc__ += _WEIGHTS_DOC
@@ -165,7 +221,8 @@ class TIDPO(_TIDPOBase):
             losses=dpo_w + self.gamma * trip,
             chosen_rewards=(self.beta * s_w).detach(),
             rejected_rewards=(self.beta * s_l).detach(),
-            metrics={"loss/dpo_w": dpo_w.detach().mean().item(), **_triplet_metrics(trip, pos, neg)},
+            metrics={"loss/dpo_w": dpo_w.detach().mean().item(), **_triplet_metrics(trip, pos, neg),
+                     **weight_metrics(b, s_w, s_l)},
         )
 
 
@@ -187,12 +244,23 @@ class TIDPOOfficial(_TIDPOBase):
     docstring. Implicit reward (logged; the harness's choice, mirroring TDPO):
     ``beta * (sum_t w_t r_t(y) + K(y))``, detached.
 
-    Defaults are the released config's: beta 0.2, gamma 0.001, triplet_margin 0.001,
-    alpha 0.5, importance_lambda 0.2, prior_sigma_div 8.0 (sigma = T/8; the code falls back
-    to T/4 without a config), weight_normalization "mean1", importance_source "policy",
-    and its anchor sampling settings. The paper's Table B13 values (beta 0.1, gamma 0.1,
-    lambda 0.7, sigma T/4, alpha 0.5; its "TDPO KL weight" row belongs to this objective)
-    are reachable as overrides.
+    Defaults are the released config's and code's: beta 0.2, gamma 0.001, triplet_margin
+    0.001, alpha 0.5, importance_lambda 0.2, prior_sigma_div 8.0 (sigma = S/8; the code falls
+    back to S/4 without a config), weight_normalization "released", importance_source
+    "policy", anchor_sampling "released" with its sampling settings, prompt_special_tokens
+    "drop". With these, the loss equals the released code's on the same model, data and seed
+    (tests/test_tidpo_released.py; differences that remain: the released code scores a
+    left-padded anchor at shifted position ids, which RoPE models do not see, and keeps a
+    position slot for a pad-id token sampled inside an anchor). The paper's Table B13 values
+    (beta 0.1, gamma 0.1, lambda 0.7, sigma T/4, alpha 0.5; its "TDPO KL weight" row belongs
+    to this objective) are reachable as overrides.
+
+    Released-code behaviours kept although they are arguably bugs (this variant's purpose is
+    to be the released code): the weights of a response average 1 only over prompt +
+    response, not over the response the loss reads (per-row factors of 0.3-3.3 at realistic
+    lengths, different for chosen and rejected); one infinite attribution sets the whole
+    batch's weights to 1; the anchor's EOS is not scored when pad == eos; prompts are fed
+    without the BOS a model such as Llama was trained with; anchors are sampled with dropout on.
     """
 
     __doc__ += _WEIGHTS_DOC
@@ -202,7 +270,9 @@ class TIDPOOfficial(_TIDPOBase):
     alpha: Annotated[float, Range(ge=0)] = 0.5
     importance_lambda: Annotated[float, Range(ge=0, le=1)] = 0.2
     prior_sigma_div: Annotated[float, Range(gt=0)] = 8.0
-    weight_normalization: Literal["paper", "mean1"] = "mean1"
+    weight_normalization: Literal["paper", "released"] = "released"
+    anchor_sampling: Literal["paper", "released"] = "released"
+    prompt_special_tokens: Literal["keep", "drop"] = "drop"
 
     def loss(self, b: TokenBatch) -> LossOutput:
         s_w, s_l = weighted_logratios(b)
@@ -219,5 +289,6 @@ class TIDPOOfficial(_TIDPOBase):
                 **_triplet_metrics(trip, pos, neg),
                 "kl/chosen": k_w.detach().mean().item(),
                 "kl/rejected": k_l.detach().mean().item(),
+                **weight_metrics(b, s_w, s_l),
             },
         )

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness.core.anchors import cut_at_eos, sample_anchors
-from harness.core.batch import collate, gather_logps, response_logits
+from harness.core.anchors import cut_at_eos, holes, sample_anchors
+from harness.core.batch import collate, compact, gather_logps, response_logits
+from methods.feature_specs import AnchorSpec
 
 torch.set_num_threads(1)
 
@@ -33,10 +34,9 @@ def tiny_llama(dtype=torch.float32, seed=0, uniform=False):
     return model
 
 
-def sample(model, prompts=PROMPTS, n=12, **kw):
-    args = dict(tokenizer=TOK, pad_id=PAD, device="cpu", max_new_tokens=n, temperature=0.8, top_k=50, top_p=0.95)
-    args.update(kw)
-    return sample_anchors(model, prompts, **args)
+def sample(model, prompts=PROMPTS, n=12, tokenizer=TOK, pad_id=PAD, **kw):
+    spec = AnchorSpec(**{"max_new_tokens": n, "temperature": 0.8, "top_k": 50, "top_p": 0.95, **kw})
+    return sample_anchors(model, prompts, spec, tokenizer=tokenizer, pad_id=pad_id, device="cpu")
 
 
 def test_core_logps_of_anchors_match_a_plain_forward():
@@ -166,3 +166,78 @@ def test_anchors_from_a_peft_model():
     b = sample(base, n=8)  # LoRA B starts at 0: the same policy, the same draws
     assert a == b
     assert model.training
+
+
+# ------------------------------------------------------------------ released convention
+def _modes_during_generate(model, **kw):
+    seen = []
+    hook = model.model.layers[0].self_attn.register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    try:
+        torch.manual_seed(4)
+        out = sample(model, n=6, **kw)
+    finally:
+        hook.remove()
+    return out, set(seen)
+
+
+def test_released_samples_in_the_models_own_mode():
+    """The released code calls generate() on the training policy: dropout is on. The paper
+    convention samples in eval mode. Either way the modes are left as they were."""
+    model = tiny_llama()  # attention_dropout = 0.3
+    model.train()
+    rel, modes = _modes_during_generate(model, convention="released")
+    assert modes == {True} and model.training
+    pap, modes = _modes_during_generate(model, convention="paper")
+    assert modes == {False} and model.training
+    # dropout draws from the same generator, so the two samples differ from the first draw on
+    torch.manual_seed(4)
+    assert rel != sample(model, n=6, convention="paper")
+    # a model in eval mode samples the same in both conventions (up to how tokens are cut)
+    model.eval()
+    a, modes = _modes_during_generate(model, convention="released")
+    assert modes == {False}
+    b, _ = _modes_during_generate(model, convention="paper")
+    assert [x[:len(y)] for x, y in zip(b, a)] == a
+
+
+def test_released_stops_at_the_tokenizer_eos_only():
+    m = _Scripted([[4, 7, 5, 2], [7, 2, 0, 0]])
+    m.generation_config = SimpleNamespace(eos_token_id=[EOS, 7], bos_token_id=None)
+    assert sample(m, prompts=[[1, 5], [1]], n=4, top_k=0, convention="released") == [[4, 7, 5, 2], [7, 2]]
+    assert list(m.seen[2].eos_token_id) == [EOS]
+    assert sample(m, prompts=[[1, 5], [1]], n=4, top_k=0) == [[4, 7], [7]]  # paper: every EOS id
+    assert sorted(m.seen[2].eos_token_id) == [EOS, 7]
+
+
+def test_released_scoring_with_pad_equal_to_eos_drops_the_eos():
+    """mask != pad: with pad == eos the anchor's EOS is not scored; an anchor that starts with
+    EOS has no scored token. The paper convention scores the EOS."""
+    m = _Scripted([[4, 2, 2, 2], [2, 2, 2, 2], [5, 6, 7, 8]])
+    kw = dict(prompts=[[1, 5], [1], [3]], n=4, top_k=0, pad_id=EOS)
+    assert sample(m, convention="released", **kw) == [[4], [], [5, 6, 7, 8]]
+    assert sample(m, **kw) == [[4, 2], [2], [5, 6, 7, 8]]
+    # pad != eos: the EOS is scored; a pad-id token inside the anchor becomes a hole
+    m = _Scripted([[4, 0, 5, 2, 0], [3, 2, 0, 0, 0]])
+    out = sample(m, prompts=[[1, 5], [1]], n=5, top_k=0, convention="released")
+    assert out == [[4, 0, 5, 2], [3, 2]]
+    assert holes(out, PAD, AnchorSpec(convention="released")) == [[False, True, False, False], [False, False]]
+    assert holes(out, PAD, AnchorSpec()) is None
+
+
+def test_a_hole_is_unattended_and_unscored_as_in_the_released_forward():
+    """Expected: the released anchor forward, written out: one row with attention mask
+    ``token != pad`` and log-probs of the non-pad tokens only, packed."""
+    model = tiny_llama(torch.float64)
+    model.eval()
+    prompts, anchors = [[1, 5, 6], [1, 7]], [[4, PAD, 5, EOS], [3, 9]]
+    h = holes(anchors, PAD, AnchorSpec(convention="released"))
+    rows = collate(prompts, anchors, PAD, h)
+    with torch.no_grad():
+        got, mask = compact(gather_logps(response_logits(model, rows), rows), rows.resp_mask)
+        assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+        for i, (p, a) in enumerate(zip(prompts, anchors)):
+            ids = p + a
+            att = [1] * len(p) + [int(t != PAD) for t in a]
+            lp = torch.log_softmax(model(input_ids=torch.tensor([ids]), attention_mask=torch.tensor([att])).logits[0], -1)
+            exp = [lp[len(p) + t - 1, a[t]] for t in range(len(a)) if a[t] != PAD]
+            assert torch.allclose(got[i, : len(exp)].double(), torch.stack(exp), atol=1e-6), i

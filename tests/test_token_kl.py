@@ -108,7 +108,7 @@ def test_features_fill_token_kl_through_the_core():
     logits = response_logits(policy, rows)
     Tc, Tr = max(map(len, chosen)), max(map(len, rejected))
     kw = {"chosen_mask": rows.resp_mask[:B, :Tc], "rejected_mask": rows.resp_mask[B:, :Tr]}
-    feats.fill(kw, policy, logits, rows, list(range(B)), prompts, chosen, rejected, None, None)
+    feats.fill(kw, logits, rows, list(range(B)), prompts, None, None)
     assert counters["ref_forward"] == 1
     with torch.no_grad():
         for side, resps in (("chosen", chosen), ("rejected", rejected)):

@@ -31,7 +31,11 @@ class Rows:
                     self.resp_ids.to(device), self.resp_mask.to(device), self.keep, self.n_tokens)
 
 
-def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> Rows:
+def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+            holes: list[list[bool]] | None = None) -> Rows:
+    """One right-padded batch of prompt + response rows. ``holes[i][t]`` (optional) marks
+    response token t of row i as a hole: it keeps its position slot but is neither attended
+    to nor scored (mask 0), as the released TI-DPO code scores its anchors (``anchors.py``)."""
     # Built as Python lists and converted once: per-row tensor writes cost more than the
     # tiny models' forward pass.
     if any(len(p) == 0 for p in prompts):
@@ -43,11 +47,12 @@ def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -
     T = max(len(r) for r in responses)
     first = min(len(p) for p in prompts) - 1  # earliest logit position we need
     ids, att, rid, rmask, pos = [], [], [], [], []
-    for p, r, n in zip(prompts, responses, lengths):
+    for i, (p, r, n) in enumerate(zip(prompts, responses, lengths)):
+        real = [0.0 if h else 1.0 for h in holes[i]] if holes is not None and holes[i] else [1.0] * len(r)
         ids.append(p + r + [pad_id] * (L - n))
-        att.append([1] * n + [0] * (L - n))
+        att.append([1] * len(p) + [int(x) for x in real] + [0] * (L - n))
         rid.append(r + [pad_id] * (T - len(r)))
-        rmask.append([1.0] * len(r) + [0.0] * (T - len(r)))
+        rmask.append(real + [0.0] * (T - len(r)))
         start = len(p) - 1 - first
         # padded slots point at a valid position; the mask zeroes them
         pos.append(list(range(start, start + len(r))) + [start] * (T - len(r)))
@@ -55,10 +60,23 @@ def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -
                 torch.tensor(rmask), L - first, int(sum(lengths)))
 
 
+def compact(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's values at its real positions (mask > 0), moved to the front in order, and
+    the matching mask: [N, T] -> [N, T'] with T' the most real positions of a row. Keeps the
+    gradient. Rows without holes come back unchanged (up to the width)."""
+    keep = mask > 0
+    n = keep.sum(-1)
+    width = int(n.max()) if n.numel() else 0
+    order = torch.argsort((~keep).to(torch.int8), dim=-1, stable=True)[:, :width]
+    out_mask = (torch.arange(width, device=mask.device)[None, :] < n[:, None]).to(mask.dtype)
+    return x.gather(1, order) * out_mask.to(x.dtype), out_mask
+
+
 _KEEP_CACHE: dict[type, bool] = {}
 
 
 def _supports_keep(model) -> bool:
+    model = getattr(model, "wrapped_model", model)  # the core's counting wrapper of the reference
     base = getattr(model, "get_base_model", lambda: model)()
     cls = type(base)
     if cls not in _KEEP_CACHE:
@@ -95,15 +113,19 @@ def selected_logits(logits: torch.Tensor, rows: Rows) -> torch.Tensor:
     return logits.gather(1, idx)
 
 
-def sequence_logps(model, prompts, responses, pad_id: int, batch_size: int, device) -> list[torch.Tensor]:
-    """Per-token log-probs of each response (no grad), in input order, as CPU float32 tensors."""
+def sequence_logps(model, prompts, responses, pad_id: int, batch_size: int, device,
+                   holes: list[list[bool]] | None = None) -> list[torch.Tensor]:
+    """Per-token log-probs of each response (no grad), in input order, as CPU float32 tensors
+    (with ``holes``: of its scored tokens only, see ``collate``)."""
     out: list[torch.Tensor] = []
     with torch.no_grad():
         for s in range(0, len(prompts), batch_size):
-            rows = collate(prompts[s: s + batch_size], responses[s: s + batch_size], pad_id).to(device)
+            h = holes[s: s + batch_size] if holes is not None else None
+            rows = collate(prompts[s: s + batch_size], responses[s: s + batch_size], pad_id, h).to(device)
             lp = gather_logps(response_logits(model, rows), rows).cpu()
-            for i, r in enumerate(responses[s: s + batch_size]):
-                out.append(lp[i, : len(r)].clone())
+            mask = rows.resp_mask.cpu()
+            for i in range(len(lp)):
+                out.append(lp[i][mask[i] > 0].clone())
     return out
 
 

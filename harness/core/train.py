@@ -34,7 +34,7 @@ import torch
 
 from ..data.tokenize import TokenizedData
 from ..schema import TrainSpec
-from .batch import Rows, collate, gather_logps, pad_stack, response_logits
+from .batch import Rows, collate, compact, gather_logps, pad_stack, response_logits
 
 
 class NumericalFault(RuntimeError):
@@ -71,32 +71,43 @@ class PreferenceObjective:
         """The method's output on pairs ``idx``: (TokenBatch, LossOutput, tokens processed)."""
         from methods import TokenBatch
 
-        prompts = [data.prompts[i] for i in idx]
+        f = self.features
+        prompts = f.prompts_of([data.prompts[i] for i in idx])
         chosen = [data.chosen[i] for i in idx]
         rejected = [data.rejected[i] for i in idx]
-        anchors = self.features.anchors(model, prompts, idx, ctx) if "anchor" in self.method.needs else None
-        weights = self.features.weights(model, idx, prompts, chosen, rejected)
+        anchors = f.anchors(model, prompts, idx) if "anchor" in self.method.needs else None
+        in_forward = f.attribution_in_forward(model)
+        weights = None if in_forward else f.weights(model, idx, prompts, chosen, rejected)
         B = len(idx)
         all_prompts = prompts + prompts + (prompts if anchors is not None else [])
         all_resp = chosen + rejected + (anchors or [])
-        rows = collate(all_prompts, all_resp, ctx.pad_id).to(ctx.device)
-        logits = response_logits(model, rows)
+        holes = f.anchor_holes(anchors) if anchors is not None else None
+        rows = collate(all_prompts, all_resp, ctx.pad_id, None if holes is None else [[]] * (2 * B) + holes)
+        rows = rows.to(ctx.device)
+        with f.capture_embeddings(model, in_forward) as cap:
+            logits = response_logits(model, rows)
+        if in_forward:
+            weights = f.weights_from_forward(cap, logits, rows, prompts, chosen, rejected)
         logps = gather_logps(logits, rows)
         Tc, Tr = max(map(len, chosen)), max(map(len, rejected))
         kw: dict[str, Any] = dict(
             chosen_logps=logps[:B, :Tc], rejected_logps=logps[B:2 * B, :Tr],
             chosen_mask=rows.resp_mask[:B, :Tc], rejected_mask=rows.resp_mask[B:2 * B, :Tr],
         )
-        if anchors is not None:
-            Ta = max(map(len, anchors))
-            kw["anchor_logps"] = logps[2 * B:, :Ta]
-            kw["anchor_mask"] = rows.resp_mask[2 * B:, :Ta]
-        self.features.fill(kw, model, logits, rows, idx, prompts, chosen, rejected, anchors, ctx, weights)
+        if anchors is not None:  # scored anchor tokens to the front (holes: see anchors.py)
+            kw["anchor_logps"], kw["anchor_mask"] = compact(logps[2 * B:], rows.resp_mask[2 * B:])
+        f.fill(kw, logits, rows, idx, prompts, anchors, weights)
         batch = TokenBatch(**kw)
         return batch, self.method(batch), rows.n_tokens
 
     def step(self, model, data: TokenizedData, idx: list[int], ctx: "StepContext"):
+        from methods.dpo import masked_sum
+
+        before = dict(self.features.counters)
         batch, out, n_tokens = self.forward(model, data, idx, ctx)
+        for k, v in self.features.counters.items():  # what this micro-batch's features did
+            if isinstance(v, int) and v != before.get(k, 0):
+                ctx.counters[k] = ctx.counters.get(k, 0) + v - before.get(k, 0)
         loss = out.losses.mean()
         m = {
             "loss": loss.item(),
@@ -104,8 +115,9 @@ class PreferenceObjective:
             "rewards/rejected": out.rejected_rewards.mean().item(),
             "rewards/margins": (out.chosen_rewards - out.rejected_rewards).mean().item(),
             "rewards/accuracies": (out.chosen_rewards > out.rejected_rewards).float().mean().item(),
-            "logps/chosen": (batch.chosen_logps.detach() * batch.chosen_mask).sum(-1).mean().item(),
-            "logps/rejected": (batch.rejected_logps.detach() * batch.rejected_mask).sum(-1).mean().item(),
+            # where, not a product with the mask: a non-finite padded slot cannot leak (dpo.py)
+            "logps/chosen": masked_sum(batch.chosen_logps.detach(), batch.chosen_mask).mean().item(),
+            "logps/rejected": masked_sum(batch.rejected_logps.detach(), batch.rejected_mask).mean().item(),
         }
         m.update({k: float(v) for k, v in out.metrics.items()})
         return loss, m, n_tokens
@@ -114,6 +126,9 @@ class PreferenceObjective:
 # ------------------------------------------------------------------------- the loop
 @dataclass
 class StepContext:
+    """One optimizer step's settings; ``counters`` collects what the step's features did
+    (reference forwards, attribution passes, sampled anchor tokens), logged as ``count/*``."""
+
     seed: int
     step: int
     pad_id: int
@@ -278,6 +293,20 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
     if bar is not None:
         bar.close()
     return TrainResult(cfg.steps, step_time, total_tokens, last_metrics, resumed)
+
+
+def log_means(log_path: Path, keys) -> dict[str, float]:
+    """``{"train/<key with / as _>": mean}`` over the records of a training log that hold the
+    key (the logged steps, ``train.log_every``); keys no record holds are left out."""
+    from ..results import read_jsonl
+
+    recs = read_jsonl(log_path) if Path(log_path).is_file() else []
+    out = {}
+    for k in keys:
+        vals = [float(r[k]) for r in recs if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+        if vals:
+            out["train/" + k.replace("/", "_")] = round(sum(vals) / len(vals), 6)
+    return out
 
 
 class _null:
