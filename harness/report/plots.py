@@ -455,4 +455,7 @@ def _figures(col: Collected, summ: Summary) -> list[FigureResult]:
             label_noise(col, summ, colors),
         ]
         figs += token_importance(col, colors)
+    from .token_text import token_text_figures  # the paper's Fig. 3 form (imports this module)
+
+    figs += token_text_figures(col)
     return figs
