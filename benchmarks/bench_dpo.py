@@ -56,7 +56,6 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -75,6 +74,10 @@ from harness.schema import TinyModelSpec, TrainSpec  # noqa: E402
 from methods.base import LossOutput  # noqa: E402
 from methods.tidpo import TIDPO, weighted_logratios  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_summary import (BARE, CLOCKS, HARNESS_DPO, SAMPLING, STATS, TIDPO_ROWS, TRL_DPO,  # noqa: E402
+                           Run, resummarize, summaries, table)
+
 # ------------------------------------------------------------------------- settings
 SIZES = {
     # the test suite's tiny model (ENVIRONMENT.md: hidden 128 x 2 layers)
@@ -92,11 +95,6 @@ BATCH = 8
 LR = 1e-6
 BETA = 0.1
 SEED = 0
-# Two clocks: wall time, and the process's CPU time. With one torch thread and nothing else
-# running they agree; on a shared machine the CPU time leaves out the time the process waited
-# for a core, so it is the steadier measure there (it still includes cache and memory-bandwidth
-# contention). Every number is kept for both; --clock picks the one the table shows.
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def now() -> dict[str, float]:
@@ -106,16 +104,6 @@ def now() -> dict[str, float]:
 def since(t0: dict[str, float]) -> dict[str, float]:
     t = now()
     return {k: t[k] - t0[k] for k in CLOCKS}
-
-HARNESS_DPO = ("harness DPO, cold cache", "harness DPO, warm cache")
-TRL_DPO = ("TRL DPO", "TRL DPO, precompute_ref_log_probs")
-TIDPO_ROWS = ("TI-DPO, policy weights", "TI-DPO, reference weights (cached)",
-              "weighted DPO, policy weights", "weighted DPO, reference weights (cached)")
-# Diagnostic: the policy forward + backward alone on the same batches (the harness's collate
-# and logits_to_keep forward, loss = sum of log-probs), no optimizer and no training loop — the
-# most any loop can get out of this model implementation on this machine.
-BARE = "bare forward+backward (no loop, no optimizer)"
-
 
 class WeightedDPO(TIDPO):
     """TI-DPO's importance-weighted DPO term alone (no triplet, hence no anchor sample and no
@@ -133,7 +121,8 @@ class WeightedDPO(TIDPO):
 
 def make_method(row: str, anchor_tokens: int | None = None):
     if row.startswith("TI-DPO"):
-        hp = {"importance_source": "policy" if "policy" in row else "reference"}
+        hp = {"importance_source": "policy" if "policy" in row else "reference",
+              "anchor_source": "reference" if "reference anchors" in row else "policy"}
         if anchor_tokens:
             hp["anchor_max_new_tokens"] = anchor_tokens
         return methods.get("tidpo", **hp)
@@ -179,24 +168,10 @@ def matmul_params(model) -> int:
 
 
 # ----------------------------------------------------------------------- one run each
-@dataclass
-class Run:
-    periods: dict[str, list[float]]  # clock -> seconds per measured step
-    tokens: list[int]  # tokens of the measured steps
-    setup: dict[str, float]  # clock -> one-time cost before the first step (cache fill, trainer init)
-    precompute: dict[str, float]  # clock -> the reference pass alone (part of setup; 0 when none)
-    extra: dict = field(default_factory=dict)
-
-    def s_per_token(self, clock: str) -> list[float]:
-        return [p / t for p, t in zip(self.periods[clock], self.tokens)]
-
-    def tokens_per_s(self, clock: str) -> float:
-        return 1.0 / statistics.median(self.s_per_token(clock))
-
-
 class Bench:
     def __init__(self, size: str, steps: int, warmup: int, workdir: Path, anchor_tokens: int | None = None):
         self.size, self.steps, self.warmup, self.workdir = size, steps, warmup, workdir
+        self.batch = BATCH
         self.anchor_tokens = anchor_tokens  # None: the method's default (64)
         self.tok = char_tokenizer(ALPHABET)
         self.base = build_tiny(SIZES[size], self.tok, seed=SEED)
@@ -273,6 +248,29 @@ class Bench:
         periods, toks = self._measured(stamps, tokens)
         return Run(periods, toks, {k: 0.0 for k in CLOCKS}, {k: 0.0 for k in CLOCKS})
 
+    def sampling(self) -> Run:
+        """Per-step anchor sampling alone: each step's prompts, the policy's settings, the
+        same reseeding as the training loop; no forward, backward or optimizer."""
+        from harness.core.anchors import sample_anchors
+        from harness.core.train import _reseed
+        from methods.settings import spec_for
+
+        torch.set_num_threads(1)
+        model = self.fresh()
+        spec = spec_for(make_method(TIDPO_ROWS[0], self.anchor_tokens), "anchor")
+        stamps, tokens, sampled = [], [], []
+        for step in range(self.steps):
+            idx = step_indices(len(self.data), step, BATCH, SEED)
+            _reseed(SEED, step)
+            out = sample_anchors(model, [self.data.prompts[i] for i in idx], spec, tokenizer=self.tok,
+                                 pad_id=self.tok.pad_token_id, device=torch.device("cpu"))
+            stamps.append(now())
+            tokens.append(sum(pair_tokens(self.data, i) for i in idx))
+            sampled.append(sum(map(len, out)))
+        periods, toks = self._measured(stamps, tokens)
+        return Run(periods, toks, {k: 0.0 for k in CLOCKS}, {k: 0.0 for k in CLOCKS},
+                   {"sampled_tokens": sampled[1:][self.warmup:]})
+
     # ------------------------------------------------------------------------ TRL
     def trl(self, precompute: bool) -> Run:
         from datasets import Dataset
@@ -348,7 +346,8 @@ def run_size(size: str, args, workdir: Path, log) -> dict:
         f"batch {BATCH}, {b.tokens_per_pair:.0f} tokens per pair, {args.steps} steps x {args.rounds} rounds")
     # harness and TRL alternate; the cold row comes first in round 1, so the warm row always
     # finds a filled cache (the key is (data, reference weights), the same in every round)
-    rows = [HARNESS_DPO[0], TRL_DPO[0], HARNESS_DPO[1], TRL_DPO[1], BARE] + ([] if args.no_tidpo else list(TIDPO_ROWS))
+    rows = [HARNESS_DPO[0]] + ([] if args.no_trl else [TRL_DPO[0]]) + [HARNESS_DPO[1]] + \
+        ([] if args.no_trl else [TRL_DPO[1], BARE]) + ([] if args.no_tidpo else list(TIDPO_ROWS) + [SAMPLING])
     runs: dict[str, list[Run]] = {r: [] for r in rows}
     rates: list[float] = []
     warm_dir = None
@@ -357,7 +356,8 @@ def run_size(size: str, args, workdir: Path, log) -> dict:
         # The first runs in a process pay one-time costs (allocator growth, lazy imports, first
         # kernels); one untimed run of each framework keeps them out of round 1.
         b.harness(HARNESS_DPO[0], b.tmp("warmup-cache"))
-        b.trl(precompute=False)
+        if not args.no_trl:
+            b.trl(precompute=False)
         log("  (untimed warm-up runs done)")
     for rnd in range(args.rounds):
         rates.append(matmul_gflops(0.2 if args.quick else 0.5))
@@ -366,6 +366,8 @@ def run_size(size: str, args, workdir: Path, log) -> dict:
                 r = b.trl(precompute=row == TRL_DPO[1])
             elif row == BARE:
                 r = b.bare()
+            elif row == SAMPLING:
+                r = b.sampling()
             elif row == HARNESS_DPO[0]:
                 cold_dir = b.tmp("cache")  # empty: the run pays the reference pass
                 r = b.harness(row, cold_dir)
@@ -387,148 +389,6 @@ def run_size(size: str, args, workdir: Path, log) -> dict:
     return {**meta, **summaries(b, runs, rates, args)}
 
 
-def summaries(b, runs, rates, args) -> dict:
-    """``{clock: summary}`` with the median, plus ``{clock}-q25`` with the faster quartile."""
-    out = {}
-    for c in CLOCKS:
-        out[c] = summarize(b, runs, rates, args, c, "median")
-        out[f"{c}-q25"] = summarize(b, runs, rates, args, c, "q25")
-    return out
-
-
-STATS = {
-    "median": statistics.median,
-    # the faster quartile: noise from other processes only ever adds time, so on a busy
-    # machine a low quantile tracks the cost of the work itself more closely than the median
-    "q25": lambda xs: statistics.quantiles(xs, n=4, method="inclusive")[0] if len(xs) > 1 else xs[0],
-}
-
-
-def summarize(b: Bench, runs: dict, rates: list[dict], args, clock: str, stat: str = "median") -> dict:
-    """Per-token step cost pooled over rounds, ratios, the k-cell suite estimate and the goals,
-    for one clock and one statistic (``STATS``)."""
-    med = statistics.median
-    pool = STATS[stat]
-    rate = med([x[clock] for x in rates]) * 1e9
-    N = b.n_matmul
-    tok_step = b.tokens_per_pair * BATCH  # mean tokens per optimizer step (one epoch)
-    r = {}
-    for row, rs in runs.items():
-        # Pooled over rounds, per token: the median over every timed step of every round of
-        # (step period / tokens of that step's pairs), so that batches with more padding or
-        # longer pairs do not skew a row, and a load spike costs one step, not one round.
-        spt = pool([v for x in rs for v in x.s_per_token(clock)])
-        d = {"tokens_per_s": 1.0 / spt, "step_s": spt * tok_step, "setup_s": med([x.setup[clock] for x in rs]),
-             "tokens_per_s_by_round": [x.tokens_per_s(clock) for x in rs]}
-        flops = {HARNESS_DPO[0]: 6, HARNESS_DPO[1]: 6, TRL_DPO[0]: 8, TRL_DPO[1]: 6, BARE: 6}.get(row)
-        if flops is not None:
-            d["flops_per_token_step"] = flops * N
-            d["matmul_share_step"] = flops * N * d["tokens_per_s"] / rate
-        pre = [x.precompute[clock] for x in rs if x.precompute[clock]]
-        if pre and row in HARNESS_DPO + TRL_DPO:
-            # one epoch pays the reference pass once: spread it over the run's steps
-            d["reference_pass_s"] = med(pre)
-            d["tokens_per_s_amortized"] = tok_step / (tok_step / d["tokens_per_s"] + d["reference_pass_s"] / b.steps)
-            d["matmul_share_amortized"] = 8 * N * d["tokens_per_s_amortized"] / rate
-        r[row] = d
-    h_cold, h_warm = r[HARNESS_DPO[0]], r[HARNESS_DPO[1]]
-    t_def, t_pre = r[TRL_DPO[0]], r[TRL_DPO[1]]
-    ratios = {
-        "cold (amortized) / TRL default": h_cold["tokens_per_s_amortized"] / t_def["tokens_per_s"],
-        "warm / TRL precompute (steps)": h_warm["tokens_per_s"] / t_pre["tokens_per_s"],
-        "warm / TRL precompute (amortized)": h_warm["tokens_per_s"] / t_pre.get("tokens_per_s_amortized",
-                                                                                  t_pre["tokens_per_s"]),
-        "warm / TRL default": h_warm["tokens_per_s"] / t_def["tokens_per_s"],
-        "TRL precompute (steps) / TRL default": t_pre["tokens_per_s"] / t_def["tokens_per_s"],
-        "harness warm step / matmul rate": h_warm["matmul_share_step"],
-        "harness warm / bare forward+backward": h_warm["tokens_per_s"] / r[BARE]["tokens_per_s"] if BARE in r else None,
-        "TRL precompute step / matmul rate": t_pre["matmul_share_step"],
-    }
-    for row in TIDPO_ROWS:
-        if row in r:
-            r[row]["x_dpo_step"] = r[row]["step_s"] / h_warm["step_s"]
-            ratios[f"{row} / DPO step"] = r[row]["x_dpo_step"]
-    # k reference-based cells on one (model, data): the harness fills the cache once and every
-    # cell reads it; TRL runs the reference forward in every step (default) or one
-    # precompute pass per cell (its cache lives with the in-memory data set of one trainer)
-    k, S = args.k_cells, b.steps
-    pre_h, pre_t = h_cold["reference_pass_s"], t_pre.get("reference_pass_s", 0.0)
-    suite = {
-        "k": k, "steps_per_cell": S,
-        "harness_s": pre_h + k * S * h_warm["step_s"], "harness_reference_s": pre_h,
-        "trl_default_s": k * S * t_def["step_s"],
-        "trl_default_reference_s": k * S * (t_def["step_s"] - t_pre["step_s"]),
-        "trl_precompute_s": k * (pre_t + S * t_pre["step_s"]), "trl_precompute_reference_s": k * pre_t,
-    }
-    goals = [
-        ("harness cold cache (pass amortized) >= 1.0x TRL default", ratios["cold (amortized) / TRL default"], 1.0),
-        ("harness warm cache >= 1.0x TRL precompute (steps)", ratios["warm / TRL precompute (steps)"], 1.0),
-        ("harness warm cache >= 1.3x TRL default", ratios["warm / TRL default"], 1.3),
-        ("harness warm step >= 80% of the matmul rate", ratios["harness warm step / matmul rate"], 0.8),
-    ]
-    for row, lim in zip(TIDPO_ROWS, (1.5, 1.1, 1.5, 1.1)):
-        if row in r:
-            goals.append((f"{row} <= {lim}x DPO step", r[row]["x_dpo_step"], -lim))
-    return {
-        "clock": clock, "stat": stat, "matmul_gflops": [x[clock] for x in rates], "matmul_gflops_median": rate / 1e9,
-        "rows": r, "ratios": ratios, "suite": suite,
-        "goals": [{"goal": g, "value": v, "met": (v >= lim) if lim > 0 else (v <= -lim)} for g, v, lim in goals],
-    }
-
-
-# ---------------------------------------------------------------------------- table
-def table(res: dict, clock: str, stat: str = "median") -> str:
-    key = clock if stat == "median" else f"{clock}-{stat}"
-    L = []
-    m = res["machine"]
-    L.append(f"Machine: {m['cpu']}, {m['cores']} cores, 1 torch thread; torch {m['torch']}, "
-             f"transformers {m['transformers']}, trl {m['trl']}; load average {m['load_before']} before, "
-             f"{m['load_after']} after. Times: {clock} clock, {stat} over all timed steps of all rounds.\n")
-    for size, meta in res["sizes"].items():
-        s = meta[key]
-        L.append(f"### {size}: {meta['params'] / 1e6:.2f}M parameters (N = {meta['matmul_params'] / 1e6:.2f}M), "
-                 f"batch {meta['batch']}, {meta['tokens_per_pair']:.0f} tokens/pair, {meta['steps']} steps per run "
-                 f"(first {meta['warmup'] + 1} untimed) x {meta['rounds']} rounds; matmul rate "
-                 f"{s['matmul_gflops_median']:.0f} GFLOP/s\n")
-        L.append("| configuration | step (ms) | tokens/s | reference pass (s) | tokens/s incl. pass "
-                 "(one epoch) | FLOPs/token | % of matmul rate (step / incl. pass) |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|")
-        for row in HARNESS_DPO + TRL_DPO + (BARE,):
-            if row not in s["rows"]:
-                continue
-            d = s["rows"][row]
-            pre = f"{d['reference_pass_s']:.2f}" if "reference_pass_s" in d else "-"
-            am = f"{d['tokens_per_s_amortized']:.0f}" if "tokens_per_s_amortized" in d else "-"
-            share = f"{100 * d['matmul_share_step']:.0f}%"
-            if "matmul_share_amortized" in d:
-                share += f" / {100 * d['matmul_share_amortized']:.0f}%"
-            L.append(f"| {row} | {1e3 * d['step_s']:.1f} | {d['tokens_per_s']:.0f} | {pre} | {am} | "
-                     f"{d['flops_per_token_step'] // meta['matmul_params']}N | {share} |")
-        tid = [row for row in TIDPO_ROWS if row in s["rows"]]
-        if tid:
-            L.append("")
-            L.append("| TI-DPO configuration | step (ms) | x DPO step (warm cache) |")
-            L.append("|---|---:|---:|")
-            L.append(f"| DPO, warm cache | {1e3 * s['rows'][HARNESS_DPO[1]]['step_s']:.1f} | 1.00 |")
-            for row in tid:
-                d = s["rows"][row]
-                L.append(f"| {row} | {1e3 * d['step_s']:.1f} | {d['x_dpo_step']:.2f} |")
-        u = s["suite"]
-        L.append("")
-        L.append(f"Suite of k = {u['k']} reference-based cells x {u['steps_per_cell']} steps on one (model, data): "
-                 f"harness {u['harness_s']:.1f} s (one reference pass, {u['harness_reference_s']:.2f} s); "
-                 f"TRL default {u['trl_default_s']:.1f} s (reference forwards in every step, ~"
-                 f"{u['trl_default_reference_s']:.1f} s); TRL precompute {u['trl_precompute_s']:.1f} s "
-                 f"({u['k']} reference passes, {u['trl_precompute_reference_s']:.2f} s).")
-        L.append("")
-        L.append("| goal | measured | met |")
-        L.append("|---|---:|:---:|")
-        for g in s["goals"]:
-            L.append(f"| {g['goal']} | {g['value']:.2f} | {'yes' if g['met'] else 'no'} |")
-        L.append("")
-    return "\n".join(L)
-
-
 def machine() -> dict:
     import transformers
     import trl
@@ -546,26 +406,6 @@ def machine() -> dict:
             "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
-def resummarize(args) -> int:
-    from types import SimpleNamespace
-
-    res = json.loads(args.resummarize.read_text())
-    for size, meta in res["sizes"].items():
-        runs = {row: [Run(x["periods"], x["tokens"], x["setup"], x["precompute"]) for x in rs]
-                for row, rs in meta["runs"].items()}
-        rates = [dict(zip(CLOCKS, v)) for v in zip(*(meta[c]["matmul_gflops"] for c in CLOCKS))]
-        b = SimpleNamespace(n_matmul=meta["matmul_params"], tokens_per_pair=meta["tokens_per_pair"], steps=meta["steps"])
-        a = SimpleNamespace(k_cells=args.k_cells)
-        meta.update(summaries(b, runs, rates, a))
-    text = table(res, args.clock, args.stat)
-    print(text)
-    if args.out:
-        args.out.write_text(json.dumps(res, indent=1))
-    if args.table:
-        args.table.write_text(text + "\n")
-    return 0
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=("tiny", "medium", "both"), default="both")
@@ -578,6 +418,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stat", choices=tuple(STATS), default="median",
                     help="statistic of the per-step costs in the printed table (both are in the JSON)")
     ap.add_argument("--no-tidpo", action="store_true", help="skip the TI-DPO rows")
+    ap.add_argument("--no-trl", action="store_true",
+                    help="skip TRL and the bare forward+backward (TI-DPO against the harness's DPO only)")
     ap.add_argument("--anchor-tokens", type=int, help="TI-DPO anchor_max_new_tokens (default: the method's, 64)")
     ap.add_argument("--quick", action="store_true",
                     help="tiny size, 3 steps, 1 round, 8-token anchors: checks that everything runs (the smoke test)")

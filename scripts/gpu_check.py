@@ -84,11 +84,11 @@ def main() -> int:
         anchors = None
         if "anchor" in methods.get(name).needs:
             from harness.core.anchors import sample_anchors
+            from methods.settings import AnchorSpec
 
             torch.manual_seed(0)
-            anchors = sample_anchors(build_tiny(spec, tok, 0), td.prompts[:8], tokenizer=tok,
-                                     pad_id=tok.pad_token_id, device=torch.device("cpu"), max_new_tokens=16,
-                                     temperature=0.8, top_k=50, top_p=0.95)
+            anchors = sample_anchors(build_tiny(spec, tok, 0), td.prompts[:8], AnchorSpec(max_new_tokens=16),
+                                     tokenizer=tok, pad_id=tok.pad_token_id, device=torch.device("cpu"))
         cpu = first_step(name, tok, spec, td, "cpu", False, anchors)
         dev = first_step(name, tok, spec, td, args.device, args.device == "cuda", anchors)
         errs = {k: rel(dev[k], cpu[k]) for k in cpu}

@@ -19,7 +19,9 @@ SCRIPT = ROOT / "benchmarks" / "bench_dpo.py"
 DPO_ROWS = ["harness DPO, cold cache", "harness DPO, warm cache", "TRL DPO", "TRL DPO, precompute_ref_log_probs"]
 BARE = "bare forward+backward (no loop, no optimizer)"
 TIDPO_ROWS = ["TI-DPO, policy weights", "TI-DPO, reference weights (cached)",
-              "weighted DPO, policy weights", "weighted DPO, reference weights (cached)"]
+              "TI-DPO, reference anchors, policy weights", "TI-DPO, reference anchors and weights (cached)",
+              "weighted DPO, policy weights", "weighted DPO, reference weights (cached)",
+              "anchor sampling alone (per step)"]
 
 
 def _pos(x) -> bool:
@@ -66,7 +68,7 @@ def test_quick_benchmark_produces_every_row(tmp_path):
         N = size["matmul_params"]
         assert rows["TRL DPO"]["flops_per_token_step"] == 8 * N
         assert rows["harness DPO, warm cache"]["flops_per_token_step"] == 6 * N
-        assert len(s["goals"]) == 8 and all(isinstance(g["met"], bool) for g in s["goals"])
+        assert len(s["goals"]) == 10 and all(isinstance(g["met"], bool) for g in s["goals"])
         assert s["suite"]["k"] == 5 and _pos(s["suite"]["harness_s"])
 
     text = tab.read_text()

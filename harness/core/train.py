@@ -34,7 +34,7 @@ import torch
 
 from ..data.tokenize import TokenizedData
 from ..schema import TrainSpec
-from .batch import Rows, collate, compact, gather_logps, pad_stack, response_logits
+from .batch import collate, compact, gather_logps, response_logits
 
 
 class NumericalFault(RuntimeError):
