@@ -65,3 +65,36 @@ def test_cell_ids_and_config_bytes_are_unchanged(name, smoke, mirror, tmp_path, 
                  for c in plan.cells}
     assert got_cells == want["cells"]
     assert {s.stage_id: _digest(s.config, mirror, tmp_path) for s in plan.sft_stages} == want["sft_stages"]
+
+
+def _record() -> dict:
+    """The record as the current code makes it (``python tests/test_cell_ids.py --record``
+    rewrites the fixture: only for a change of ids made on purpose)."""
+    import tempfile
+
+    out = {}
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td)
+        root = tmp / "project"
+        shutil.copytree(ROOT / "suites", root / "suites")
+        for f in STANDINS:
+            (root / f).parent.mkdir(parents=True, exist_ok=True)
+            (root / f).write_bytes(b"")
+        for p in SUITES:
+            for smoke in (False, True):
+                loaded = config.load_suite(root / "suites" / p.name)
+                plan = config.expand(smoke_suite(loaded) if smoke else loaded)
+                if smoke:
+                    mark_plan(plan)
+                out[p.stem + ("+smoke" if smoke else "")] = {
+                    "cells": {c.cell_id: _digest({**c.config, "cell_id": c.cell_id, "sft_stage": c.sft_stage_id},
+                                                 root, tmp) for c in plan.cells},
+                    "sft_stages": {s.stage_id: _digest(s.config, root, tmp) for s in plan.sft_stages}}
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--record"]:
+        (ROOT / "tests" / "fixtures" / "cell_ids.json").write_text(json.dumps(_record(), indent=1, sort_keys=True) + "\n")

@@ -42,7 +42,7 @@ def feats(method, cache=None, counters=None, ref=None):
 def test_specs_check_their_fields():
     with pytest.raises(SpecError, match="TokenWeightSpec.source: must be one of 'policy', 'reference'"):
         TokenWeightSpec(source="ref")
-    with pytest.raises(SpecError, match=r"AnchorSpec.top_p must be in \(0, 1\]"):
+    with pytest.raises(SpecError, match=r"AnchorSpec.top_p: must be in \(0, 1\]"):
         AnchorSpec(top_p=1.5)
     with pytest.raises(SpecError, match="AnchorSpec.max_new_tokens: must be an integer"):
         AnchorSpec(max_new_tokens=8.0)
