@@ -253,7 +253,7 @@ class Bench:
         same reseeding as the training loop; no forward, backward or optimizer."""
         from harness.core.anchors import sample_anchors
         from harness.core.train import _reseed
-        from methods.settings import spec_for
+        from methods.feature_specs import spec_for
 
         torch.set_num_threads(1)
         model = self.fresh()

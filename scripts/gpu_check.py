@@ -84,7 +84,7 @@ def main() -> int:
         anchors = None
         if "anchor" in methods.get(name).needs:
             from harness.core.anchors import sample_anchors
-            from methods.settings import AnchorSpec
+            from methods.feature_specs import AnchorSpec
 
             torch.manual_seed(0)
             anchors = sample_anchors(build_tiny(spec, tok, 0), td.prompts[:8], AnchorSpec(max_new_tokens=16),
