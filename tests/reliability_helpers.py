@@ -88,7 +88,7 @@ def install_kill(point: str) -> None:
 
         policy.generate = generate
     elif point == "write:metrics":
-        import harness.results as results
+        import harness.results.atomic as results
 
         real_write = results._write_all
 

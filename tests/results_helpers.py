@@ -20,7 +20,7 @@ def slow_atomic_write(path: str, marker: str) -> None:
     """``atomic_write_json(path, big_payload())`` with the byte writer slowed down to one
     CHUNK per 20 ms; ``marker`` is created once the first chunk is on disk, so the parent
     knows the write is under way and can kill this process."""
-    import harness.results as results
+    import harness.results.atomic as results
 
     def slow_write_all(fd: int, data: bytes) -> None:
         for start in range(0, len(data), CHUNK):

@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 
 import harness.results as R
+import harness.results.env as R_env
+import harness.results.locks as R_locks
 from harness.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -402,7 +404,7 @@ def test_crashed_breaker_guard_does_not_block_forever(tmp_path):
 # ------------------------------------------------------------------------------------- env info
 
 def test_env_info_keys_and_json(monkeypatch):
-    for k in R._SLURM_VARS:
+    for k in R_env._SLURM_VARS:
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
@@ -448,7 +450,7 @@ def test_env_info_git_commit_and_dirty(tmp_path, monkeypatch):
     git("add", "a.py")
     git("commit", "-q", "-m", "init")
     head = git("log", "-1", "--format=%H").strip()
-    monkeypatch.setattr(R, "_project_root", lambda: repo)
+    monkeypatch.setattr(R_env, "_project_root", lambda: repo)
     env = R.env_info()
     assert env["git_commit"] == head and env["git_dirty"] is False
     (repo / "results" / "s" / "c").mkdir(parents=True)    # results written by a run
@@ -458,7 +460,7 @@ def test_env_info_git_commit_and_dirty(tmp_path, monkeypatch):
     env = R.env_info()
     assert env["git_dirty"] is True and env["git_dirty_files"] == ["a.py"]
     # no repository (a snapshot copy without .git): None, not an error
-    monkeypatch.setattr(R, "_project_root", lambda: tmp_path / "nowhere")
+    monkeypatch.setattr(R_env, "_project_root", lambda: tmp_path / "nowhere")
     env = R.env_info()
     assert env["git_commit"] is None and env["git_dirty"] is None
 
@@ -533,7 +535,7 @@ def test_breaker_with_outdated_view_does_not_break_a_fresh_lock(tmp_path, monkey
     leave B's fresh lock alone (the interleaving a plain unlink-and-retry gets wrong)."""
     _write_foreign_lock(tmp_path, host=socket.gethostname(), pid=_dead_pid())
     a, b = R.CellLock(tmp_path), R.CellLock(tmp_path)
-    real_read_lock = R._read_lock
+    real_read_lock = R_locks._read_lock
     interleaved = []
 
     def read_then_let_b_win(path):
@@ -543,7 +545,7 @@ def test_breaker_with_outdated_view_does_not_break_a_fresh_lock(tmp_path, monkey
             assert b.acquire(timeout=0)
         return got
 
-    monkeypatch.setattr(R, "_read_lock", read_then_let_b_win)
+    monkeypatch.setattr(R_locks, "_read_lock", read_then_let_b_win)
     assert not a.acquire(timeout=0)
     assert interleaved and b.held and not a.held
     assert R.lock_info(tmp_path)["token"] == b.token
