@@ -1,7 +1,10 @@
 """``python -m harness``: run | validate | report | ls.
 
-Exit codes: 0 success; 1 some cells failed (their folders say why); 2 invalid input
-(suite, data, arguments), with a message naming the file, line/row and key, and nothing written.
+Exit codes (``run``; see harness.sweep): 0 every SFT stage and cell of the plan is done; 1 some
+failed (their folders say why); 2 invalid input (suite, data, arguments, the results folder),
+with a message naming the file, line/row and key, and nothing written; 3 some not done and none
+failed (held by another run, waiting for an SFT stage, a full disk, stopped by the scheduler);
+130/143 stopped by Ctrl-C/SIGTERM (what was running is marked pending and resumes).
 """
 from __future__ import annotations
 
@@ -63,25 +66,42 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import signal
 
+    from .signals import _fired, stop_on_signals
+    from .sweep import EXIT_NOT_DONE, NO_SPACE_MARKS
+
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... | head` ends quietly
     args = parser().parse_args(argv)
+    _fired.clear()
     try:
-        if args.cmd == "ls":
-            return cmd_ls(args)
-        if args.cmd == "validate":
-            return cmd_validate(args)
-        if args.cmd == "run":
-            return cmd_run(args)
-        if args.cmd == "report":
-            return cmd_report(args)
+        with stop_on_signals():
+            if args.cmd == "ls":
+                return cmd_ls(args)
+            if args.cmd == "validate":
+                return cmd_validate(args)
+            if args.cmd == "run":
+                return cmd_run(args)
+            if args.cmd == "report":
+                return cmd_report(args)
     except UserError as e:
         print("error: " + ("\n  " if len(e.problems) > 1 else ""), end="", file=sys.stderr)
         print("\n  ".join(e.problems), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"\n{_interrupted_line(e)}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
+    except OSError as e:
+        if not any(m in f"[Errno {e.errno}]" for m in NO_SPACE_MARKS):
+            raise
+        print(f"error: {e.strerror} writing {e.filename or '?'}: free some space (or raise the quota), then "
+              f"rerun the same command; finished cells are kept and the others resume.", file=sys.stderr)
+        return EXIT_NOT_DONE
     return 0
+
+
+def _interrupted_line(e: BaseException) -> str:
+    from .signals import interrupted_reason
+
+    return f"{interrupted_reason(e)}: stopped; what was running is marked pending. Rerun the same command to resume."
 
 
 def _plugins(specs):
@@ -162,8 +182,10 @@ def _check_data(loaded) -> None:
 
 def cmd_validate(args) -> int:
     from . import config
+    from .sweep import check_folder_names
 
     loaded, plan = _load(args)
+    check_folder_names(plan, Path(args.results), str(args.suite))
     print(f"{args.suite}: valid")
     print(config.describe_plan(plan, Path(args.results)))
     return 0
@@ -171,93 +193,119 @@ def cmd_validate(args) -> int:
 
 # ------------------------------------------------------------------------------ run
 def cmd_run(args) -> int:
+    """Validate, write the plan into the results folder, launch what is not done, then say
+    how every stage and cell of the plan stands; the exit status says the same (harness.sweep)."""
     from . import config
-    from .launch import Job, format_summary, launch
-    from .paths import slurm_profile
-    from .results import read_status
-    from .runner import materialize, run_job
+    from .launch.describe import describe_launch
+    from .sweep import check_folder_names, check_results_root
 
     loaded, plan = _load(args)
     suite = loaded.suite
     results_root = Path(args.results)
     suite_dir = results_root / suite.name
+    suite.launcher = config.launcher_overrides(suite.launcher, type=args.launcher, workers=args.workers)
+    check_folder_names(plan, results_root, str(args.suite))
+    profile = _slurm_profile(suite, loaded, args.smoke)
     if args.dry_run:
         print(config.describe_plan(plan, results_root))
+        print()
+        print(describe_launch(plan, suite.launcher, profile, suite_dir))
         return 0
-    suite.launcher = config.launcher_overrides(suite.launcher, type=args.launcher, workers=args.workers)
     _check_runnable(plan)
-    profile = None
-    if suite.launcher.type == "slurm":  # the same lookup as validate's (harness.paths)
-        profile = slurm_profile(suite.launcher.slurm_profile, loaded.base_dir)
+    check_results_root(results_root)
     config.check_written_configs([(suite_dir / "_sft" / s.stage_id, config.StageConfig) for s in plan.sft_stages]
                                  + [(suite_dir / c.cell_id, config.CellConfig) for c in plan.cells])
-    materialize(plan, suite_dir, Path(loaded.path).read_text() if getattr(loaded, "path", None) else None)
-    jobs = []
-    states = {}
-    for s in plan.sft_stages:
-        st = read_status(suite_dir / "_sft" / s.stage_id)["state"]
-        states[s.stage_id] = st
-        if st != "done":
-            jobs.append(Job(name=s.stage_id, fn=run_job, args=(str(suite_dir.resolve()), "sft", s.stage_id),
-                            kwargs={"retry_failed": True}, stage="sft", resources="sft",
-                            log_hint=str(suite_dir / "_sft" / s.stage_id)))
-    skipped_failed = []
-    for c in plan.cells:
-        st = read_status(suite_dir / c.cell_id)["state"]
-        states[c.cell_id] = st
-        if st == "done":
-            continue
-        if st == "failed" and not args.retry_failed:
-            skipped_failed.append(c.cell_id)
-            continue
-        jobs.append(Job(name=c.cell_id, fn=run_job, args=(str(suite_dir.resolve()), "cell", c.cell_id),
-                        kwargs={"retry_failed": True}, stage="cell", resources="cell",
-                        log_hint=str(suite_dir / c.cell_id)))
-    done = sum(1 for c in plan.cells if states[c.cell_id] == "done")
-    print(f"suite {suite.name}: {len(plan.cells)} cells ({done} done, {len(skipped_failed)} failed and skipped"
+    from .runner import materialize, plan_jobs
+
+    for note in materialize(plan, suite_dir, Path(loaded.path).read_text() if getattr(loaded, "path", None) else None):
+        print(f"note: {note}", file=sys.stderr)
+    items = plan_jobs(plan, suite_dir)
+    jobs, skipped_failed = _jobs_to_run(items, suite_dir, args.retry_failed)
+    n_done = sum(1 for k, i, f, _ in items if k == "cell" and _state(f) == "done")
+    print(f"suite {suite.name}: {len(plan.cells)} cells ({n_done} done, {len(skipped_failed)} failed and skipped"
           f"{' - rerun with --retry-failed' if skipped_failed else ''}), "
           f"{sum(1 for j in jobs if j.stage == 'sft')} SFT stages and "
           f"{sum(1 for j in jobs if j.stage == 'cell')} cells to run on {suite.launcher.type}; results in {suite_dir}")
+    return _launch_and_report(args, suite, suite_dir, items, jobs, profile)
+
+
+def _state(folder: Path) -> str:
+    from .results import read_status
+
+    return read_status(folder)["state"]
+
+
+def _jobs_to_run(items, suite_dir: Path, retry_failed: bool):
+    """The launcher's jobs (each with its config from the plan) and the failed cells left out."""
+    from .launch import Job
+    from .runner import run_job
+
+    jobs, skipped_failed = [], []
+    for kind, job_id, folder, cfg in items:
+        st = _state(folder)
+        if st == "done":
+            continue
+        if kind == "cell" and st == "failed" and not retry_failed:
+            skipped_failed.append(job_id)
+            continue
+        jobs.append(Job(name=job_id, fn=run_job, args=(str(suite_dir.resolve()), kind, job_id),
+                        kwargs={"retry_failed": True, "config": cfg}, stage=kind, resources=kind,
+                        log_hint=str(folder)))
+    return jobs, skipped_failed
+
+
+def _launch_and_report(args, suite, suite_dir: Path, items, jobs, profile) -> int:
+    from .launch import format_summary, launch
+    from .sweep import (EXIT_NOT_DONE, exit_code, mark_interrupted, not_done_lines, out_of_space,
+                        plan_states, record_hard_failures)
+
     t0 = time.time()
-    outcomes = []
+    outcomes, interrupted = [], None
     if jobs:
-        outcomes = launch(jobs, suite.launcher, suite_dir / "_launch", profile_path=profile,
-                          progress=_progress_printer(len(jobs)))
-    _record_hard_failures(outcomes, {j.name: Path(j.log_hint) for j in jobs})
+        try:
+            outcomes = launch(jobs, suite.launcher, suite_dir / "_launch", profile=profile,
+                              progress=_progress_printer(len(jobs)))
+        except KeyboardInterrupt as e:
+            interrupted = e
+    if interrupted is not None:
+        from .signals import interrupted_reason
+
+        mark_interrupted([Path(j.log_hint) for j in jobs], interrupted_reason(interrupted))
+        raise interrupted
+    record_hard_failures(outcomes, {j.name: Path(j.log_hint) for j in jobs})
     failed = [o for o in outcomes if not o.ok or (isinstance(o.result, dict) and o.result.get("state") == "failed")]
-    locked = [o.name for o in outcomes if o.ok and isinstance(o.result, dict) and o.result.get("state") == "locked"]
     print(f"finished in {time.time() - t0:.1f}s: {len(outcomes) - len(failed)} ok, {len(failed)} failed")
-    if locked:
-        print(f"{len(locked)} skipped: another process holds their lock and is running them "
-              f"(rerun, or `report`, once it is done): {', '.join(locked)}")
     if failed:
         print(format_summary(outcomes), file=sys.stderr)
         print("each failed cell's folder holds `status` (reason, step, last finite metrics) and "
               "`error.txt` (traceback); fix the cause, then rerun with --retry-failed", file=sys.stderr)
-    if not args.no_report and any(read_status(suite_dir / c.cell_id)["state"] == "done" for c in plan.cells):
+    states = plan_states([(k, i, f) for k, i, f, _ in items])
+    for line in not_done_lines(states):
+        print(line, file=sys.stderr)
+    full = out_of_space(outcomes)
+    if full:
+        print(f"error: {full}: free some space (or raise the quota), then rerun the same command; finished "
+              f"cells are kept and the others resume.", file=sys.stderr)
+        return EXIT_NOT_DONE
+    if not args.no_report and any(s.state == "done" for s in states if s.kind == "cell"):
         from .report import build_report
 
-        out = build_report(suite_dir)
-        print(f"report: {out}")
-    return 1 if failed or skipped_failed else 0
+        print(f"report: {build_report(suite_dir)}")
+    return exit_code(states)
 
 
-def _record_hard_failures(outcomes, folders: dict) -> None:
-    """A job killed hard (SIGKILL, OOM, time limit without requeue) could not mark its own
-    folder failed; do it here with the launcher's reason and log paths, unless a live process
-    holds the folder's lock (another run is working on it)."""
-    from .launch.base import headline
-    from .results import lock_info, read_status, write_status
+def _slurm_profile(suite, loaded, smoke: bool):
+    """The SLURM profile a run uses (None for other launchers); shrunk to one CPU and no GPUs
+    under ``--smoke``, where every model is a tiny stand-in (keeping partition, account, qos
+    and setup lines, which the cluster needs whatever the job's size)."""
+    if suite.launcher.type != "slurm":
+        return None
+    from .launch.profile import load_profile, smoke_profile
+    from .paths import slurm_profile
 
-    for o in outcomes:
-        folder = folders.get(o.name)
-        if o.ok or folder is None or read_status(folder)["state"] in ("failed", "done"):
-            continue
-        info = lock_info(folder)
-        if info is not None and not info.get("stale"):
-            continue
-        write_status(folder, "failed", reason=f"job ended without a result: {headline(o.error)}",
-                     logs=list(o.log_paths), job_id=o.job_id)
+    # the same lookup as validate's (harness.paths)
+    profile = load_profile(slurm_profile(suite.launcher.slurm_profile, loaded.base_dir))
+    return smoke_profile(profile) if smoke else profile
 
 
 def _check_runnable(plan) -> None:

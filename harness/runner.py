@@ -1,26 +1,32 @@
 """Run one SFT stage or one cell, from its folder; what every launcher calls.
 
 A plan is *materialized* before anything runs: each SFT stage and each cell gets its folder
-with the resolved ``config.yaml`` and a ``status``. A job then needs only two paths
-(``run_job(suite_dir, kind, id)``), so the same function runs inline, in a local worker
-process, or in a SLURM array task. Each job:
+with the resolved ``config.yaml`` and a ``status``. A job then needs its two paths and its
+config (``run_job(suite_dir, kind, id, config=...)``), so the same function runs inline, in a
+local worker process, or in a SLURM array task. The config comes from the plan, never from
+the folder: a results folder cannot choose the code a job imports or the trust it grants.
+Each job:
 
-1. takes the folder's lock (another process holding it -> the job is skipped);
-2. returns at once if the status is ``done``;
-3. marks itself ``running``, trains (resuming from the last checkpoint if there is one),
-   evaluates, writes its results atomically, and marks itself ``done``;
-4. on any exception marks itself ``failed`` with the reason (a numerical fault also records
+1. takes the folder's lock (another live process holding it -> the job is skipped, and says
+   who holds it);
+2. returns at once if the status is ``done`` (and its result is there);
+3. a cell whose SFT stage is not done (failed, interrupted, damaged) stays ``pending`` with
+   that reason and returns: a plain rerun makes the stage and then the cell;
+4. marks itself ``running``, trains (resuming from the newest intact checkpoint), evaluates,
+   writes its results atomically, and marks itself ``done``; it checks at every step and
+   before every write that its lock is still its own, and stops if it is not;
+5. on SIGINT/SIGTERM or a full disk marks itself ``pending`` (interrupted, resumable); on any
+   other exception marks itself ``failed`` with the reason (a numerical fault also records
    the step and the last finite metrics) and re-raises, so launchers see the failure.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
+import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +34,51 @@ import torch
 
 from .config.cell import build_method, load_cell_config, load_stage_config
 from .errors import UserError
+from .lifecycle import LockGuard, StageDamaged, plan_jobs, record_failure, stage_damaged, stage_problem, suite_lock, write_config
 from .schema import SFTSpec
 
 
 # --------------------------------------------------------------------------- folders
-def materialize(plan, suite_dir: Path, suite_text: str | None = None) -> None:
-    """Write config.yaml + a pending status for every new stage and cell; existing folders
-    (done, failed or interrupted) are left as they are."""
-    from .results import SuiteLock, atomic_write_text, atomic_write_yaml, read_status, write_status
+def materialize(plan, suite_dir: Path, suite_text: str | None = None) -> list[str]:
+    """Write the plan into its results folder and return notes for the user.
+
+    Every stage and cell gets its folder, its ``config.yaml`` (rewritten from the plan when the
+    one there differs: a results folder never chooses plugins, ``trust_remote_code`` or any
+    other setting) and a ``pending`` status when new. A folder marked done whose result is
+    missing or unreadable (metrics.json, an SFT stage's model) is set back to pending, so the
+    run makes it again. ``plan.json`` records which folders make up this suite now; crash
+    leftovers in ``_cache/`` and ``report/`` are removed. Done, failed and interrupted folders
+    are otherwise left as they are."""
+    from .results import CorruptFileError, atomic_write_text, read_status, write_status
+    from .results.layout import done_problem, remove_temp_leftovers, write_plan
 
     suite_dir = Path(suite_dir)
     suite_dir.mkdir(parents=True, exist_ok=True)
-    items = [(suite_dir / "_sft" / s.stage_id, s.config) for s in plan.sft_stages]
-    items += [(suite_dir / c.cell_id, {**c.config, "cell_id": c.cell_id, "sft_stage": c.sft_stage_id})
-              for c in plan.cells]
+    notes: list[str] = []
     # Two `harness run` on the same results: without the lock, one could read "new", the
     # other start the job and mark it running, and the first then overwrite that with pending.
-    with SuiteLock(suite_dir):
+    with suite_lock(suite_dir):
         if suite_text is not None:
             atomic_write_text(suite_dir / "suite.yaml", suite_text)
-        for folder, cfg in items:
+        write_plan(suite_dir, plan.suite.name, [c.cell_id for c in plan.cells],
+                   [s.stage_id for s in plan.sft_stages])
+        for kind, job_id, folder, cfg in plan_jobs(plan, suite_dir):
             folder.mkdir(parents=True, exist_ok=True)
-            if not (folder / "config.yaml").exists():
-                atomic_write_yaml(folder / "config.yaml", cfg)
-            if read_status(folder)["state"] == "new":
+            notes += write_config(folder, cfg)
+            try:
+                st = read_status(folder)
+            except CorruptFileError as e:
+                notes.append(f"{e}; set back to pending")
+                st = {"state": "new"}
+            problem = done_problem(folder, kind) if st["state"] == "done" else None
+            if st["state"] == "new":
                 write_status(folder, "pending")
+            elif problem:
+                write_status(folder, "pending", reason=f"was done, but {problem}: made again")
+                notes.append(f"{folder.name}: marked done, but {problem}; it runs again")
+        for shared in ("_cache", "report"):
+            remove_temp_leftovers(suite_dir / shared, recursive=True, min_age_s=60.0)
+    return notes
 
 
 # ------------------------------------------------------------------------------ jobs
@@ -61,16 +87,33 @@ def _rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False) -> dict:
-    """Entry point of every launcher. ``kind`` is "sft" or "cell".
+def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False,
+            config: dict | None = None) -> dict:
+    """Entry point of every launcher. ``kind`` is "sft" or "cell"; ``config`` is the job's
+    config from the plan (the launchers always pass it; without it, as in ``python -m
+    harness.runner``, the folder's config.yaml is used).
+
+    Returns ``{"state": ..., "id": ...}``: ``done``; ``failed`` (skipped, not retried);
+    ``locked`` (another live process holds the folder, ``holder`` says who); ``blocked`` (a
+    cell whose SFT stage is not done: left pending with the reason); ``lost`` (this process
+    lost its lock while working and stopped without writing). A failure is recorded in the
+    folder and raised; SIGINT/SIGTERM mark the folder pending (interrupted) and raise.
 
     Under a distributed launch (several processes per cell, e.g. one per GPU) every rank
     trains, but only rank 0 takes the lock, writes status and results, and evaluates."""
+    from .results import CellLock, lock_info, read_status
+    from .signals import STOP_SIGNALS, stop_on_signals
+
     _quiet_threads()
     suite_dir = Path(suite_dir)
     folder = suite_dir / "_sft" / job_id if kind == "sft" else suite_dir / job_id
-    from .results import CellLock, read_status, write_status
-
+    if config is not None:
+        # the plan's config onto disk before anything reads it back (every rank writes the same
+        # bytes atomically): a folder's own config.yaml never chooses plugins or trust
+        write_config(folder, config)
+        sid = config.get("sft_stage")
+    else:
+        sid = _stage_of(folder) if kind == "cell" else None
     rank, world = _rank()
     if world > 1 and rank != 0:
         st = read_status(folder)
@@ -79,74 +122,71 @@ def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False) 
         (_run_sft if kind == "sft" else _run_cell)(suite_dir, folder)
         return {"state": "done", "id": job_id, "rank": rank}
 
-    if kind == "cell":
-        _wait_for_stage(suite_dir, folder)
-    lock = CellLock(folder)
-    if not lock.acquire(timeout=0):
-        return {"state": "locked", "id": job_id}
-    try:
-        _remove_temp_leftovers(folder)
-        st = read_status(folder)
-        if st["state"] == "done":
-            return {"state": "done", "id": job_id, "skipped": True}
-        if st["state"] == "failed" and not retry_failed:
-            return {"state": "failed", "id": job_id, "skipped": True, "reason": st.get("reason")}
-        write_status(folder, "running", host=os.uname().nodename, pid=os.getpid(),
-                     slurm_job=os.environ.get("SLURM_JOB_ID"))
-        t0 = time.time()
+    # Under SLURM, submitit ignores SIGTERM on purpose (a preemption sends it before the
+    # signal that makes submitit requeue the job); elsewhere SIGTERM stops the job cleanly.
+    stop = (signal.SIGINT,) if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" else STOP_SIGNALS
+    with stop_on_signals(stop):
+        if sid:
+            _wait_for_stage(suite_dir, folder, sid)
+        lock = CellLock(folder)
+        if not lock.acquire(timeout=0):
+            return {"state": "locked", "id": job_id, "holder": lock_info(folder)}
         try:
-            if kind == "sft":
-                out = _run_sft(suite_dir, folder)
-            else:
-                out = _run_cell(suite_dir, folder)
-        except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
-            from .core.train import NumericalFault
-
-            info: dict[str, Any] = {"reason": f"{type(e).__name__}: {e}"[:2000],
-                                    "log": str(folder / "error.txt")}
-            if isinstance(e, NumericalFault):
-                info.update(step=e.step, last_metrics=e.last_metrics)
-            from .results import atomic_write_text
-
-            atomic_write_text(folder / "error.txt", traceback.format_exc())
-            if isinstance(e, KeyboardInterrupt):
-                write_status(folder, "pending", reason="interrupted")
-            else:
-                write_status(folder, "failed", **info)
-            raise
-        write_status(folder, "done", wall_s=round(time.time() - t0, 3))
-        return {"state": "done", "id": job_id, **(out or {})}
-    finally:
-        lock.release()
+            return _run_locked(suite_dir, kind, job_id, folder, sid, lock, retry_failed)
+        finally:
+            lock.release()
 
 
-# ``.<name>.<pid>.<8 hex>.tmp``: the temp file of an atomic write (harness.results)
-_TEMP_LEFTOVER = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+def _stage_of(folder: Path) -> str | None:
+    try:
+        return load_cell_config(folder).sft_stage
+    except UserError:  # missing or invalid: the job itself reports it, with its status
+        return None
 
 
-def _remove_temp_leftovers(folder: Path) -> None:
-    """Delete the temp files of atomic writes whose writer was killed mid-write (SIGKILL,
-    OOM, node failure). Readers never mistake them for results; this only keeps a resumed
-    cell's folder clean. Safe because the caller holds the folder's lock: no other live
-    process writes here."""
-    for p in folder.iterdir():
-        m = _TEMP_LEFTOVER.match(p.name)
-        if m and int(m.group(1)) != os.getpid() and p.is_file():
-            p.unlink(missing_ok=True)
+def _run_locked(suite_dir: Path, kind: str, job_id: str, folder: Path, sid: str | None, lock,
+                retry_failed: bool) -> dict:
+    from .results import read_status, write_status
+    from .results.layout import done_problem, remove_temp_leftovers
+    from .results.locks import LockLostError
+
+    remove_temp_leftovers(folder)
+    st = read_status(folder)
+    if st["state"] == "done" and not done_problem(folder, kind):
+        return {"state": "done", "id": job_id, "skipped": True}
+    if st["state"] == "failed" and not retry_failed:
+        return {"state": "failed", "id": job_id, "skipped": True, "reason": st.get("reason")}
+    if kind == "cell":
+        blocked = stage_problem(suite_dir, sid)
+        if blocked:
+            write_status(folder, "pending", reason=blocked)
+            return {"state": "blocked", "id": job_id, "reason": blocked}
+    extra = {"took_over": lock.broke} if lock.broke else {}
+    write_status(folder, "running", host=os.uname().nodename, pid=os.getpid(),
+                 slurm_job=os.environ.get("SLURM_JOB_ID"), **extra)
+    t0 = time.time()
+    guard = LockGuard(lock)
+    try:
+        out = (_run_sft if kind == "sft" else _run_cell)(suite_dir, folder, guard)
+        lock.ensure_held()
+    except LockLostError as e:
+        print(f"{folder.name}: {e}", file=sys.stderr, flush=True)
+        return {"state": "lost", "id": job_id, "reason": str(e)}
+    except StageDamaged as e:
+        write_status(folder, "pending", reason=str(e))
+        return {"state": "blocked", "id": job_id, "reason": str(e)}
+    except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
+        record_failure(folder, e)
+    write_status(folder, "done", wall_s=round(time.time() - t0, 3))
+    return {"state": "done", "id": job_id, **(out or {})}
 
 
-def _wait_for_stage(suite_dir: Path, folder: Path, poll_s: float = 1.0) -> None:
+def _wait_for_stage(suite_dir: Path, folder: Path, sid: str, poll_s: float = 1.0) -> None:
     """A cell starts from its SFT stage's checkpoint. When another process (a second
     ``harness run`` on the same results folder) holds the stage's lock and is training it,
     wait for it to finish instead of failing the cell because the stage is not done yet."""
     from .results import lock_info, read_status
 
-    try:
-        sid = load_cell_config(folder).sft_stage
-    except UserError:  # missing or invalid: the job itself reports it, with its status
-        return
-    if not sid:
-        return
     stage = suite_dir / "_sft" / sid
     told = False
     while read_status(stage)["state"] not in ("done", "failed"):
@@ -195,11 +235,12 @@ def _stage_data(cfg):
     return load_dataset(cfg.dataset, None, (cfg.sft or SFTSpec()).data)
 
 
-def _run_sft(suite_dir: Path, folder: Path) -> dict:
+def _run_sft(suite_dir: Path, folder: Path, guard=None) -> dict:
     from .core.train import SFTObjective, train
     from .data.tokenize import tokenize
     from .models import load_model, save_model, weights_fingerprint
     from .results import atomic_write_json
+    from .results.layout import share_like_other_files
 
     cfg = load_stage_config(folder)
     data = _stage_data(cfg)
@@ -210,22 +251,27 @@ def _run_sft(suite_dir: Path, folder: Path) -> dict:
     tdata = tokenize(data.sft, tok, sft.max_length, sft.max_prompt_length, mspec.chat_template,
                      cache_dir=suite_dir / "_cache")
     _require_pairs(tdata, data, "SFT examples", sft)
-    res = train(model, tdata, SFTObjective(), sft, seed, folder, tokenizer=tok, desc=f"sft {folder.name}")
+    res = train(model, tdata, SFTObjective(), sft, seed, folder, tokenizer=tok, desc=f"sft {folder.name}",
+                on_step=guard)
     if _rank()[0] != 0:
         return {}
     model = model.cpu()
+    if guard is not None:
+        guard()
     save_model(model, tok, folder / "model")
+    share_like_other_files((folder / "model").glob("*.safetensors"))
     info = {"wall_s": round(res.wall_s, 3), "steps": res.steps, "tokens": res.tokens,
             "weights_fingerprint": weights_fingerprint(model), "tokenization": tdata.stats,
             "data": data.stats,
-            "final_loss": res.last_metrics.get("loss")}
+            "final_loss": res.last_metrics.get("loss"),
+            **({"damaged_checkpoints": res.damaged_checkpoints} if res.damaged_checkpoints else {})}
     atomic_write_json(folder / "stage.json", info)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return info
 
 
 # ------------------------------------------------------------------------------ cell
-def _run_cell(suite_dir: Path, folder: Path) -> dict:
+def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
     import methods
 
     from .core.features import Features
@@ -253,7 +299,11 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
         stage_info = json.loads((stage_dir / "stage.json").read_text())
 
         def init():
-            return load_saved(stage_dir / "model")
+            try:
+                return load_saved(stage_dir / "model")
+            except Exception as e:  # noqa: BLE001 - a damaged file: the stage is made again
+                raise StageDamaged(stage_damaged(stage_dir, f"{stage_dir / 'model'} cannot be loaded: "
+                                                            f"{type(e).__name__}: {e}")) from e
     else:
         texts = [str(p) + r for p, r in data.sft] if mspec.tiny else None
 
@@ -284,7 +334,7 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
         if stage_info.get("weights_fingerprint"):
             features.ref_id = stage_info["weights_fingerprint"]
         train_res = train(policy, tdata, PreferenceObjective(method, features), tspec, seed, folder,
-                          tokenizer=tok, desc=f"{cfg.method.label} s{seed}")
+                          tokenizer=tok, desc=f"{cfg.method.label} s{seed}", on_step=guard)
         # the training steps' own time, summed over every process that ran them (resumes included)
         t_train = train_res.wall_s
     if _rank()[0] != 0:
@@ -326,11 +376,17 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
         from .core.train import log_means
 
         metrics.update(log_means(folder / "train_log.jsonl", TRAIN_MEANS))
+        if train_res.damaged_checkpoints:
+            metrics["train/damaged_checkpoints"] = train_res.damaged_checkpoints
+    if guard is not None:
+        guard()
     atomic_write_json(folder / "metrics.json", metrics)
     if tspec.keep_model:
         from .models import save_model
+        from .results.layout import share_like_other_files
 
         save_model(policy.cpu(), tok, folder / "model")
+        share_like_other_files((folder / "model").glob("*.safetensors"))
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/" in k}}
 
@@ -413,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retry-failed", action="store_true")
     a = ap.parse_args(argv)
     out = run_job(a.suite_dir, a.kind, a.job_id, retry_failed=a.retry_failed)
+    out.pop("holder", None)
     print(json.dumps({k: v for k, v in out.items() if k != "metrics"}))
     return 0
 

@@ -153,10 +153,17 @@ def _cell_ids(results: Path) -> list[str]:
     return [ln.split()[-1] for ln in out.splitlines() if ln.strip().startswith("tidpo ")]
 
 
+def _done(cell: Path) -> None:
+    """What a finished cell holds that the run checks: a done status and its metrics."""
+    cell.mkdir(parents=True, exist_ok=True)
+    (cell / "metrics.json").write_text('{"eval/accuracy": 0.5}')
+    write_status(cell, "done")
+
+
 def test_run_exit_0_when_every_cell_is_done(tmp_path):
     results = tmp_path / "results"
     for cid in _cell_ids(results):
-        write_status(results / "no_sft" / cid, "done")
+        _done(results / "no_sft" / cid)
     rc, out, err = cli("run", GOOD / "no_sft.yaml", "--results", results, "--no-report")
     assert rc == 0, err
     assert "2 cells (2 done, 0 failed and skipped), 0 SFT stages and 0 cells to run" in out
@@ -165,7 +172,7 @@ def test_run_exit_0_when_every_cell_is_done(tmp_path):
 def test_run_exit_1_when_failed_cells_are_left(tmp_path):
     results = tmp_path / "results"
     ids = _cell_ids(results)
-    write_status(results / "no_sft" / ids[0], "done")
+    _done(results / "no_sft" / ids[0])
     write_status(results / "no_sft" / ids[1], "failed", reason="NumericalFault: non-finite loss at step 7", step=7)
     rc, out, err = cli("run", GOOD / "no_sft.yaml", "--results", results, "--no-report")
     assert rc == 1

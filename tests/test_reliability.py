@@ -507,10 +507,11 @@ def test_kill_during_the_metrics_write_leaves_no_readable_half_file(crash):
 
 def test_ctrl_c_marks_the_cell_pending_and_the_rerun_resumes(crash, background):
     k = background.children()["interrupt"]
-    assert k.returncode == 130 and "interrupted: rerun the same command to resume" in k.err
+    assert k.returncode == 130 and "interrupted (SIGINT): stopped" in k.err and "Rerun the same command" in k.err
+    assert "Traceback" not in k.err
     cell = k.cell
     st = read_status(cell)
-    assert st["state"] == "pending" and st["reason"] == "interrupted"
+    assert st["state"] == "pending" and st["reason"] == "interrupted (SIGINT)"
     assert not (cell / "lock").exists()  # released on the way out
     assert checkpoints(cell) == ["step-00000003", "step-00000004"]
     _rerun_and_compare(k, crash["base"], resumed_from=4)
@@ -540,7 +541,8 @@ def test_two_runs_on_one_results_folder_train_each_cell_once(background):
     children = background.children()
     runs = [children["concurrent0"], children["concurrent1"]]
     for r in runs:
-        assert r.returncode == 0, r.err[-3000:]
+        # 3: a cell the other run held was not done when this one ended (issue 18)
+        assert r.returncode in (0, 3), r.err[-3000:]
         assert "finished in" in r.out and " 0 failed" in r.out
     trained = [json.loads(line) for line in background.record.read_text().splitlines()]
     suite_dir = background.root / "shared" / "concurrent"
@@ -557,12 +559,12 @@ def test_two_runs_on_one_results_folder_train_each_cell_once(background):
         read_json(cell / "metrics.json")  # parses
         assert [r["step"] for r in read_jsonl(cell / "train_log.jsonl")] == [1, 2, 3, 4]
     # what one process reports as held by another process, the other one trained
-    for r in runs:
-        locked = set()
-        for line in r.out.splitlines():
-            if "skipped: another process holds their lock" in line:
-                locked |= set(line.rsplit(": ", 1)[1].split(", "))
-        assert all(by_job[j] != r.pid for j in locked)
+    # what one process reports as held by another process (naming it), the other one trained
+    for r, other in zip(runs, runs[::-1]):
+        locked = {ln.split(":")[0].strip(): ln for ln in r.err.splitlines() if ": locked by host " in ln}
+        assert (r.returncode == 3) == bool(locked), r.err
+        for job, line in locked.items():
+            assert by_job[job] == other.pid and f"pid {other.pid}" in line
     assert temp_leftovers(suite_dir) == []
 
 
@@ -632,7 +634,8 @@ def test_trust_remote_code_only_where_a_model_sets_it_and_unnamed_plugins_never_
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the crafted file
 def test_checkpoints_load_without_unpickling(crash, tmp_path):
     """A results folder from someone else may hold a crafted optimizer.pt. Resuming from it
-    must refuse to unpickle code: torch.load(weights_only=True)."""
+    must refuse to unpickle code: torch.load(weights_only=True). The refused checkpoint is
+    named as damaged and the cell resumes from the older intact one (issue 18, item 5)."""
     marker = tmp_path / "pwned"
 
     class Payload:
@@ -647,10 +650,15 @@ def test_checkpoints_load_without_unpickling(crash, tmp_path):
     cell = only_cell(results / "crash")
     (cell / "checkpoints" / "step-00000004" / "optimizer.pt").write_bytes(payload)
     rc, out, err = cli("run", CRASH, "--results", results, "--no-report")
-    assert rc == 1
-    st = read_status(cell)
-    assert st["state"] == "failed" and "Weights only load failed" in st["reason"]
+    assert rc == 0, err
     assert not marker.exists()
+    m = read_json(cell / "metrics.json")
+    assert m["train/resumed_from"] == 3
+    [damaged] = m["train/damaged_checkpoints"]
+    assert damaged.startswith(f"{cell / 'checkpoints' / 'step-00000004' / 'optimizer.pt'}: cannot be loaded")
+    assert "Weights only load failed" in damaged
+    assert rh.comparable(m) == rh.comparable(read_json(crash["base"] / "metrics.json")) | \
+        {"train/damaged_checkpoints": [damaged]}
 
 
 UNPICKLERS = {("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("cloudpickle", "load"),

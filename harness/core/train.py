@@ -187,6 +187,7 @@ class TrainResult:
     tokens: int
     last_metrics: dict
     resumed_from: int | None
+    damaged_checkpoints: list[str] = field(default_factory=list)  # skipped on resume, file named
 
 
 def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_dir: Path, *,
@@ -208,11 +209,8 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
     model.train()
     opt = make_optimizer(model, cfg)
     ckpt_root = run_dir / "checkpoints"
-    start, resumed = 0, None
-    last = latest_checkpoint(ckpt_root)
-    if last is not None:
-        start = load_checkpoint(last, model, opt, device)
-        resumed = start
+    resumed, damaged = resume(ckpt_root, model, opt, device)
+    start = resumed or 0
     model, opt = acc.prepare(model, opt)
     log_path = run_dir / log_name
     writer = None
@@ -251,6 +249,9 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
                 loss, metrics, ntk = objective.step(model, data, mine, ctx)
             if not torch.isfinite(loss):
                 raise NumericalFault(step + 1, "loss", last_metrics)
+            bad = sorted(k for k, v in metrics.items() if k.startswith("rewards/") and not math.isfinite(v))
+            if bad:  # a method's implicit reward is part of its result: NaN is a fault, finite loss or not
+                raise NumericalFault(step + 1, f"{bad[0]} (the loss was finite)", last_metrics)
             acc.backward(loss / cfg.grad_accum)
             n_tok += ntk
             for k, v in metrics.items():
@@ -292,7 +293,7 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
         acc.end_training()
     if bar is not None:
         bar.close()
-    return TrainResult(cfg.steps, step_time, total_tokens, last_metrics, resumed)
+    return TrainResult(cfg.steps, step_time, total_tokens, last_metrics, resumed, damaged)
 
 
 def log_means(log_path: Path, keys) -> dict[str, float]:
@@ -358,12 +359,21 @@ def _progress(total: int, start: int, desc: str):
 
 
 # ---------------------------------------------------------------------- checkpoints
+class CheckpointDamaged(RuntimeError):
+    """A checkpoint that cannot be resumed from; the message names the file and why."""
+
+
 def save_checkpoint(root: Path, step: int, model, opt) -> Path:
     """``root/step-XXXXXXXX/``: weights (safetensors), optimizer state, then ``meta.json``
-    last, so a checkpoint without meta.json is incomplete and ignored."""
+    last, so a checkpoint without meta.json is incomplete and ignored. Each file is fsynced
+    before meta.json is written and the folder renamed into place (then the rename is fsynced
+    too), so after a power loss a checkpoint with meta.json has all its bytes; weight files get
+    the mode of every other result file (0666 less the umask)."""
     from safetensors.torch import save_file
 
     from ..results import atomic_write_json
+    from ..results.atomic import fsync_dir, fsync_file
+    from ..results.layout import share_like_other_files
 
     d = Path(root) / f"step-{step:08d}"
     tmp = Path(root) / f".step-{step:08d}.tmp{os.getpid()}"
@@ -374,26 +384,79 @@ def save_checkpoint(root: Path, step: int, model, opt) -> Path:
     # tied weights share storage; safetensors refuses shared tensors, so clone them
     save_file({k: v.clone() for k, v in state.items()}, str(tmp / "model.safetensors"))
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    share_like_other_files([tmp / "model.safetensors", tmp / "optimizer.pt"])
+    for name in ("model.safetensors", "optimizer.pt"):
+        fsync_file(tmp / name)
     atomic_write_json(tmp / "meta.json", {"step": step})
     if d.exists():
         shutil.rmtree(d)
     os.replace(tmp, d)
+    fsync_dir(Path(root))
     return d
 
 
-def latest_checkpoint(root: Path) -> Path | None:
+def checkpoints_newest_first(root: Path) -> list[Path]:
+    """The complete checkpoints (those with meta.json) under ``root``, newest step first."""
     root = Path(root)
     if not root.is_dir():
-        return None
-    done = sorted(p for p in root.glob("step-*") if (p / "meta.json").is_file())
-    return done[-1] if done else None
+        return []
+    done = [p for p in root.glob("step-*") if p.name[5:].isdigit() and (p / "meta.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name[5:]), reverse=True)
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    done = checkpoints_newest_first(root)
+    return done[0] if done else None
 
 
 def load_checkpoint(d: Path, model, opt, device) -> int:
+    """Resume ``model`` and ``opt`` from checkpoint ``d``; returns its step. Every file is
+    read and checked before anything is applied, so a damaged checkpoint (truncated, garbled,
+    an optimizer file that is not plain tensors) raises :class:`CheckpointDamaged` naming the
+    file and leaves the model and optimizer as they were."""
     from safetensors.torch import load_file
 
-    state = load_file(str(d / "model.safetensors"), device=str(device))
-    model.load_state_dict(state)
+    from ..results.layout import safetensors_problem
+
+    d = Path(d)
+    weights, optim, meta = d / "model.safetensors", d / "optimizer.pt", d / "meta.json"
+    problem = safetensors_problem(weights)
+    if problem:
+        raise CheckpointDamaged(problem)
+    try:
+        step = int(json.loads(meta.read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointDamaged(f"{meta}: unreadable ({type(e).__name__}: {e})") from e
+    try:
+        state = load_file(str(weights), device=str(device))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointDamaged(f"{weights}: cannot be loaded ({type(e).__name__}: {e})") from e
+    own = model.state_dict()
+    if set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+        raise CheckpointDamaged(f"{weights}: holds other tensors than this model's (a checkpoint of another run?)")
+    opt_state = None
     if opt is not None:
-        opt.load_state_dict(torch.load(d / "optimizer.pt", map_location=device, weights_only=True))
-    return int(json.loads((d / "meta.json").read_text())["step"])
+        try:
+            opt_state = torch.load(optim, map_location=device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - zip, pickle and weights-only errors alike
+            raise CheckpointDamaged(f"{optim}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    model.load_state_dict(state)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    return step
+
+
+def resume(ckpt_root: Path, model, opt, device) -> tuple[int | None, list[str]]:
+    """Load the newest intact checkpoint under ``ckpt_root``: (its step or None when there is
+    none, and one line per damaged checkpoint skipped on the way, naming its file). A damaged
+    one is never fatal: training resumes from an older one, or from the start."""
+    damaged = []
+    for d in checkpoints_newest_first(ckpt_root):
+        try:
+            step = load_checkpoint(d, model, opt, device)
+        except CheckpointDamaged as e:
+            damaged.append(str(e))
+            print(f"warning: checkpoint {d.name} is damaged and skipped: {e}", file=sys.stderr, flush=True)
+            continue
+        return step, damaged
+    return None, damaged

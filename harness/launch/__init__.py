@@ -20,13 +20,14 @@ LAUNCHERS = ("inline", "local", "slurm")
 
 
 def launch(jobs: list[Job], spec, work_dir: Path, *, profile_path: str | Path | None = None,
-           progress: ProgressFn | None = None) -> list[JobOutcome]:
+           profile=None, progress: ProgressFn | None = None) -> list[JobOutcome]:
     """Runs ``jobs`` with the launcher ``spec`` (a ``harness.schema.LauncherSpec``).
 
     ``work_dir`` holds launcher files (submitit pickles and logs, the code snapshot).
     ``profile_path``: the SLURM profile, already resolved by the caller; when None,
     ``spec.slurm_profile`` is looked up as ``harness.paths.slurm_profile`` does (the working
     directory, then the project root).
+    ``profile``: a loaded ``SlurmProfile`` to use as it is (``run --smoke`` shrinks one).
     ``progress`` is called with ``{"pending", "running", "done", "failed"}`` counts whenever
     they change.
     """
@@ -51,8 +52,8 @@ def launch(jobs: list[Job], spec, work_dir: Path, *, profile_path: str | Path | 
         if shutil.which("sbatch") is None:
             raise UserError("launcher.type: slurm, but sbatch is not on PATH. Run on a SLURM login "
                             "node, or use launcher.type: local (or slurm/cluster.sh for a test cluster)")
-        path = profile_path or slurm_profile(spec.slurm_profile, None)
-        profile = load_profile(path)
+        if profile is None:
+            profile = load_profile(profile_path or slurm_profile(spec.slurm_profile, None))
         return launch_slurm(jobs, work_dir, profile=profile, parallelism=spec.parallelism,
                             progress=progress)
     raise ValueError(f"unknown launcher {kind!r}; expected one of {LAUNCHERS}")

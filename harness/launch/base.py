@@ -47,6 +47,8 @@ class JobOutcome:
     log_paths: list[str] = field(default_factory=list)  # submitit stdout/stderr, then log_hint
     result: Any = None                # fn's return value when ok
     job_id: str | None = None         # the local PID or SLURM job id, when there is one
+    resumable: bool = False           # stopped from outside (scheduler, full disk), not broken:
+                                      # its folder stays pending, a plain rerun resumes it
 
 
 def check_jobs(jobs: list[Job]) -> None:
@@ -105,11 +107,27 @@ def error_text() -> str:
 
 
 def run_inline_call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any, str | None]:
-    """Runs one call, turning an exception into (False, None, traceback)."""
+    """Runs one call, turning an exception into (False, None, traceback). ``SystemExit`` (a
+    plugin calling ``sys.exit()``) is a failure of that job too; only KeyboardInterrupt
+    (Ctrl-C, SIGTERM) stops the run."""
     try:
         return True, fn(*args, **kwargs), None
-    except Exception:  # noqa: BLE001 - a failing job must not stop the others
+    except (Exception, SystemExit):  # noqa: BLE001 - a failing job must not stop the others
         return False, None, error_text()
+
+
+NO_SPACE_MARKS = ("[Errno 28]", "[Errno 122]")   # ENOSPC, EDQUOT
+
+
+def stops_sweep(outcome: "JobOutcome") -> bool:
+    """A job that ran out of disk space (or quota): every later job would too, so a launcher
+    starts no more jobs after it."""
+    return not outcome.ok and any(m in headline(outcome.error) for m in NO_SPACE_MARKS)
+
+
+def not_started(job: Job, why: str) -> "JobOutcome":
+    return JobOutcome(job.name, False, f"not started: {why}", [str(job.log_hint)] if job.log_hint else [],
+                      None, resumable=True)
 
 
 def log_paths_of(sjob: Any, job: Job) -> list[str]:
@@ -153,19 +171,20 @@ def _trace_of(e: Exception) -> str:
     return text
 
 
-def outcome_without_result(sjob: Any, job: Job, state: str) -> JobOutcome:
+def outcome_without_result(sjob: Any, job: Job, state: str, why: str | None = None,
+                           resumable: bool = False) -> JobOutcome:
     """Outcome of a job that ended without writing a result: killed (SIGKILL, out of memory),
-    cancelled, over its time limit, or its node failed. The error quotes the stderr tail."""
+    cancelled, over its time limit, or its node failed. ``why`` says which, when the launcher
+    knows; the error quotes the stderr tail."""
     logs = log_paths_of(sjob, job)
-    lines = [
-        f"job {sjob.job_id} ended without a result (state: {state}): the process was killed "
-        f"(signal, out of memory, time limit, cancelled) or crashed before it could report."
-    ]
+    why = why or ("the process was killed (signal, out of memory, time limit, cancelled) or crashed "
+                  "before it could report")
+    lines = [f"job {sjob.job_id} ended without a result (state: {state}): {why}."]
     for p in logs[:2]:
         t = tail(p)
         if t:
             lines += [f"--- last lines of {p}", t]
-    return JobOutcome(job.name, False, "\n".join(lines), logs, None, job_id=sjob.job_id)
+    return JobOutcome(job.name, False, "\n".join(lines), logs, None, job_id=sjob.job_id, resumable=resumable)
 
 
 def headline(error: str | None) -> str:

@@ -22,7 +22,7 @@ and the key. See slurm/README.md for each key.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,7 @@ class SlurmProfile:
     result_wait_s: float = 15.0
     max_requeues: int = 3
     snapshot: bool = True
+    smoke: bool = False    # shrunk by smoke_profile for `run --smoke`
 
     def stage(self, name: str) -> StageResources:
         if name not in STAGES:
@@ -175,3 +176,18 @@ def load_profile(path: str | Path) -> SlurmProfile:
     if checker.problems:
         raise UserError(problems=[f"{path}: {format_path(p.path)}: {p.reason}" for p in checker.problems])
     return SlurmProfile(path=path, sft=stages["sft"], cell=stages["cell"], **top)
+
+
+SMOKE_TIME_MIN = 30
+
+
+def smoke_profile(profile: SlurmProfile) -> SlurmProfile:
+    """The profile for ``run --smoke``: every model is a tiny stand-in trained on one CPU
+    thread, so each job asks for one node, one CPU, no GPU, the partition's default memory,
+    no accelerate launch and at most SMOKE_TIME_MIN minutes; where it runs (partition,
+    account, qos, setup lines, other sbatch options) stays as the profile says."""
+    def shrink(res: StageResources) -> StageResources:
+        return replace(res, nodes=1, gpus_per_node=0, cpus_per_task=1, mem_gb=None,
+                       accelerate_args=(), time=min(res.time, SMOKE_TIME_MIN),
+                       signal_delay_s=min(res.signal_delay_s, 60))
+    return replace(profile, sft=shrink(profile.sft), cell=shrink(profile.cell), smoke=True)

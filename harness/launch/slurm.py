@@ -87,9 +87,39 @@ class JobCall(submitit.helpers.Checkpointable):
         self.accelerate = accelerate
 
     def __call__(self) -> Any:
+        _run_to_the_limit_on_the_last_attempt()
         if self.accelerate is None:
             return self.fn(*self.args, **self.kwargs)
         return _run_under_accelerate(self)
+
+
+def _run_to_the_limit_on_the_last_attempt() -> None:
+    """SLURM signals a job ``signal_delay_s`` before its time limit; submitit then checkpoints
+    and requeues it, or, once ``max_requeues`` are used up, stops it at once with "Job not
+    requeued". That throws away the last ``signal_delay_s`` of the last attempt, in which the
+    job might have finished. Here the signal is ignored on the last attempt: the job runs on
+    until it finishes or SLURM ends it at the limit (then the launcher reports the time limit
+    and max_requeues, and the cell stays resumable). Preemption (not a time-out) still goes to
+    submitit, which requeues it. Uses submitit 1.5's handler attributes; if they are not
+    there, submitit's handler is kept as it is."""
+    import signal as _signal
+
+    sig = submitit.JobEnvironment._usr_sig()
+    handler = _signal.getsignal(sig)
+    owner = getattr(handler, "__self__", None)
+    delayed = getattr(owner, "_delayed", None)
+    if delayed is None or not hasattr(delayed, "_timeout_countdown") or not hasattr(owner, "has_timed_out"):
+        return
+
+    def on_signal(signum, frame):
+        if owner.has_timed_out() and delayed._timeout_countdown - 1 < 0:
+            print(f"harness: the time limit is {delayed._timeout_min} min away by less than signal_delay_s, "
+                  f"and no requeue is left (max_requeues used up): running on until the job finishes or "
+                  f"SLURM stops it at the limit", file=sys.stderr, flush=True)
+            return
+        handler(signum, frame)
+
+    _signal.signal(sig, on_signal)
 
 
 def accelerate_command(call_file: str | Path, spec: AccelerateSpec, *, machine_rank: int = 0,
@@ -245,44 +275,19 @@ def array_id(sjob: Any) -> str:
 
 def launch_slurm(jobs: list[Job], work_dir: Path, *, profile: SlurmProfile, parallelism: int = 16,
                  progress: ProgressFn | None = None, poll_s: float = 1.0) -> list[JobOutcome]:
+    """Submit ``jobs`` (see the module docstring) and watch them to the end. Jobs that an
+    earlier run of this results folder submitted and that are still queued or running (its
+    driver was killed, and the same command was run again) are watched, not submitted twice;
+    ``<work_dir>/slurm_jobs.json`` records which SLURM job runs which job."""
+    from harness.results import CellLock
+
     work_dir = Path(work_dir)
-    stages = by_stage(jobs)
-    setup = snapshot_setup(snapshot_code(work_dir), Path.cwd()) if profile.snapshot else []
     prog = Progress([j.name for j in jobs], progress)
     submitted: dict[str, tuple[Job, Any]] = {}
     try:
-        sft_arrays: list[str] = []
-        for group in stages:
-            stage = group[0].stage
-            dependency = None
-            if stage != STAGE_ORDER[0] and sft_arrays:
-                dependency = "afterany:" + ":".join(sft_arrays)
-            for res_key in STAGE_ORDER:
-                members = [j for j in group if j.resources == res_key]
-                if not members:
-                    continue
-                res = profile.stage(res_key)
-                # a fresh executor per array: update_parameters accumulates, and one stage's
-                # gpus/mem/partition must not leak into the next array
-                executor = submitit.AutoExecutor(folder=work_dir / "submitit", cluster="slurm",
-                                                 slurm_max_num_timeout=profile.max_requeues)
-                executor.update_parameters(**executor_parameters(
-                    res, name=f"harness-{stage}", parallelism=parallelism, setup=setup,
-                    dependency=dependency))
-                try:
-                    with executor.batch():
-                        handles = [executor.submit(make_call(j, res)) for j in members]
-                except Exception as e:  # noqa: BLE001 - sbatch's own message says what is wrong
-                    raise UserError(
-                        f"{profile.path}: sbatch rejected the {stage} jobs (resources '{res_key}'): "
-                        f"{_sbatch_message(e)}. Check {res_key}.partition/account/qos/time/"
-                        f"gpus_per_node/mem_gb against `sinfo` and your allocation."
-                    ) from e
-                for j, h in zip(members, handles):
-                    submitted[j.name] = (j, h)
-                if stage == STAGE_ORDER[0]:
-                    sft_arrays.extend(sorted({array_id(h) for h in handles}))
-        return _monitor(jobs, submitted, prog, profile.result_wait_s, poll_s)
+        with CellLock(work_dir, filename="submit.lock", timeout=300):
+            _submit_all(jobs, work_dir, profile, parallelism, submitted)
+        return _monitor(jobs, submitted, prog, profile, poll_s)
     except BaseException:
         ids = sorted({array_id(h) for _, h in submitted.values()})
         if ids:   # Ctrl-C or a crash here: don't leave a sweep running unwatched
@@ -291,7 +296,119 @@ def launch_slurm(jobs: list[Job], work_dir: Path, *, profile: SlurmProfile, para
         raise
 
 
-def _monitor(jobs: list[Job], submitted: dict, prog: Progress, result_wait_s: float,
+def _submit_all(jobs: list[Job], work_dir: Path, profile: SlurmProfile, parallelism: int,
+                submitted: dict) -> None:
+    """Attach to the still-live jobs of an earlier run, submit the others as one array per
+    (stage, resources) group, and record them all."""
+    folder = work_dir / "submitit"
+    record = _read_record(work_dir)
+    live = _live_jobs([record[j.name] for j in jobs if j.name in record])
+    attached = {j.name: record[j.name] for j in jobs if record.get(j.name) in live}
+    for name, job_id in attached.items():
+        job = next(j for j in jobs if j.name == name)
+        submitted[name] = (job, submitit.SlurmJob(folder=folder, job_id=job_id))
+    if attached:
+        print(f"harness: {len(attached)} jobs of an earlier run are still queued or running on SLURM "
+              f"({', '.join(sorted(set(map(str, attached.values()))))}); watching them instead of "
+              f"submitting them again", file=sys.stderr, flush=True)
+    stages = by_stage([j for j in jobs if j.name not in attached]) if len(attached) < len(jobs) else []
+    setup = snapshot_setup(snapshot_code(work_dir), Path.cwd()) if profile.snapshot and stages else []
+    sft_arrays = sorted({array_id(h) for name, (j, h) in submitted.items() if j.stage == STAGE_ORDER[0]})
+    for group in stages:
+        stage = group[0].stage
+        dependency = None
+        if stage != STAGE_ORDER[0] and sft_arrays:
+            dependency = "afterany:" + ":".join(sft_arrays)
+        for res_key in STAGE_ORDER:
+            members = [j for j in group if j.resources == res_key]
+            if not members:
+                continue
+            res = profile.stage(res_key)
+            # a fresh executor per array: update_parameters accumulates, and one stage's
+            # gpus/mem/partition must not leak into the next array
+            executor = submitit.AutoExecutor(folder=work_dir / "submitit", cluster="slurm",
+                                             slurm_max_num_timeout=profile.max_requeues)
+            executor.update_parameters(**executor_parameters(
+                res, name=f"harness-{stage}", parallelism=parallelism, setup=setup,
+                dependency=dependency))
+            try:
+                with executor.batch():
+                    handles = [executor.submit(make_call(j, res)) for j in members]
+            except Exception as e:  # noqa: BLE001 - sbatch's own message says what is wrong
+                raise UserError(
+                    f"{profile.path}: sbatch rejected the {stage} jobs (resources '{res_key}'): "
+                    f"{_sbatch_message(e)}. Check {res_key}.partition/account/qos/time/"
+                    f"gpus_per_node/mem_gb against `sinfo` and your allocation."
+                ) from e
+            for j, h in zip(members, handles):
+                submitted[j.name] = (j, h)
+            _write_record(work_dir, {j.name: h.job_id for j, h in zip(members, handles)})
+            if stage == STAGE_ORDER[0]:
+                sft_arrays.extend(sorted({array_id(h) for h in handles}))
+
+
+RECORD_FILE = "slurm_jobs.json"
+LIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
+               "REQUEUE_FED", "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "STOPPED")
+
+
+def _read_record(work_dir: Path) -> dict[str, str]:
+    from harness.results import CorruptFileError, read_json
+
+    try:
+        rec = read_json(Path(work_dir) / RECORD_FILE, default={})
+    except (CorruptFileError, OSError):
+        return {}
+    return {str(k): str(v) for k, v in rec.items()} if isinstance(rec, dict) else {}
+
+
+def _write_record(work_dir: Path, new: dict[str, str]) -> None:
+    """Merge ``new`` (job name -> SLURM job id) into the record (callers hold submit.lock)."""
+    from harness.results import atomic_write_json
+
+    atomic_write_json(Path(work_dir) / RECORD_FILE, {**_read_record(work_dir), **new})
+
+
+def _live_jobs(job_ids: list[str]) -> set[str]:
+    """Which of ``job_ids`` (``123`` or array tasks ``123_4``) SLURM still has queued or
+    running (squeue: the controller's own view, current at once, unlike sacct)."""
+    if not job_ids:
+        return set()
+    arrays = sorted({str(j).split("_", 1)[0] for j in job_ids})
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T", "-j", ",".join(arrays)],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    live = set()
+    for line in out.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].upper() in LIVE_STATES:
+            live.add(parts[0])
+    return {j for j in job_ids if str(j) in live}
+
+
+def ended_why(word: str, job: Job, profile: SlurmProfile) -> tuple[str | None, bool]:
+    """(what a job that ended in sacct state ``word`` without a result went through, and
+    whether its cell is resumable as it is). A scheduler's stop (time limit after the last
+    requeue, cancelled, preempted, node failure) leaves the cell resumable; a job killed by a
+    signal of its own, out of memory or crashed is a failure."""
+    res = profile.stage(job.resources)
+    if word == "TIMEOUT":
+        return (f"it reached its time limit ({job.resources}.time: {res.time} min) on its last attempt, "
+                f"after max_requeues ({profile.max_requeues}) requeues; raise `time` or `max_requeues` in "
+                f"{profile.path}. Its checkpoint is kept: a rerun resumes it", True)
+    if word == "CANCELLED":
+        return "it was cancelled (scancel, or the scheduler); a rerun resumes it", True
+    if word in ("PREEMPTED", "NODE_FAIL", "BOOT_FAIL", "REVOKED", "DEADLINE"):
+        return f"the scheduler stopped it ({word}); a rerun resumes it", True
+    if word == "OUT_OF_MEMORY":
+        return (f"it ran out of memory ({job.resources}.mem_gb: {res.mem_gb or 'the default'} in "
+                f"{profile.path}); give it more, or lower the batch size", False)
+    return None, False
+
+
+def _monitor(jobs: list[Job], submitted: dict, prog: Progress, profile: SlurmProfile,
              poll_s: float) -> list[JobOutcome]:
     watcher = submitit.SlurmJob.watcher
     outcomes: dict[str, JobOutcome] = {}
@@ -317,8 +434,9 @@ def _monitor(jobs: list[Job], submitted: dict, prog: Progress, result_wait_s: fl
             if word in TERMINAL_STATES:
                 # the result file may lag on a shared filesystem: wait before calling it dead
                 first = ended_at.setdefault(name, now)
-                if now - first >= result_wait_s:
-                    outcomes[name] = outcome_without_result(sjob, job, state)
+                if now - first >= profile.result_wait_s:
+                    why, resumable = ended_why(word, job, profile)
+                    outcomes[name] = outcome_without_result(sjob, job, state, why, resumable)
                     prog.set(name, "failed")
                 continue
             ended_at.pop(name, None)   # requeued after a timeout/preemption: not ended

@@ -8,6 +8,11 @@ report. Nothing depends on the clock: the lock's heartbeat is ignored, and a sta
 set, label and seed (left over from an edited suite): the later one is kept, the other gets
 the state ``superseded`` and is listed in the status table.
 
+Which cells: those of the suite's plan as last run into the folder (``plan.json``); other cell
+folders (an earlier version of an edited suite) are named in a note and never aggregated. A
+cell marked done whose metrics.json is missing or unreadable counts as ``unreadable``, not as
+a seed.
+
 Sources per cell (see :func:`harness.results.list_cells`):
 
 * ``config.yaml``: identity (model, dataset, method, label, seed, hyperparameters) and
@@ -38,6 +43,7 @@ import pandas as pd
 from harness import paths
 from harness.errors import UserError
 from harness.results import CorruptFileError, list_cells, read_json, read_jsonl, read_yaml
+from harness.results.layout import read_plan
 from harness.schema import SFT_METHOD
 
 __all__ = ["Collected", "collect", "find_suites", "resolve_baseline", "read_reported",
@@ -237,15 +243,23 @@ def _cell_row(entry: dict, notes: list[str]) -> tuple[dict, dict[str, float]]:
     status = entry.get("status") or {}
     d = Path(entry["dir"])
     metrics: dict[str, Any] = {}
+    broken = None   # a done cell without a usable metrics.json is no result: not a seed
     if entry["state"] == "done" and entry["has_metrics"]:
         try:
             loaded = read_json(d / "metrics.json")
             metrics = loaded if isinstance(loaded, dict) else {}
+            broken = None if isinstance(loaded, dict) else "metrics.json is not a JSON object"
         except (CorruptFileError, OSError) as e:
+            broken = "metrics.json is unreadable"
             notes.append(f"{d / 'metrics.json'}: unreadable ({e}); the cell is left out of the "
-                         "tables. Rerun it.")
+                         "tables. Rerun the suite to make it again.")
     elif entry["state"] == "done":
-        notes.append(f"{d}: state done but no metrics.json; the cell is left out of the tables.")
+        broken = "metrics.json is missing"
+        notes.append(f"{d}: state done but no metrics.json; the cell is left out of the tables. "
+                     "Rerun the suite to make it again.")
+    if broken:
+        entry = {**entry, "state": "unreadable", "status": {**status, "reason": broken}}
+        status = entry["status"]
     if entry.get("error"):
         notes.append(f"{d}: {entry['error']}")
 
@@ -339,12 +353,12 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
     """Read one suite's results folder (``results/<suite>``). Raises UserError when it holds
     no cell."""
     suite_dir = Path(suite_dir)
-    entries = list_cells(suite_dir)
+    notes: list[str] = []
+    entries = _plan_members(suite_dir, list_cells(suite_dir), notes)
     if not entries:
         raise UserError(f"{suite_dir}: no cells found (no subfolder with a status, config.yaml "
                         "or metrics.json). Point `harness report` at results/<suite> as written "
                         "by `python -m harness run SUITE.yaml`.")
-    notes: list[str] = []
     suite_yaml = _read_suite_yaml(suite_dir, notes)
     rows, values, curves = [], [], []
     ti: dict[str, list[dict]] = {}
@@ -395,6 +409,25 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
         baseline=baseline, main_metrics=main,
         token_importance=ti, reported=reported, notes=notes, smoke=smoke or inferred,
         smoke_inferred=inferred)
+
+
+def _plan_members(suite_dir: Path, entries: list[dict], notes: list[str]) -> list[dict]:
+    """The cells of the suite's current plan (``plan.json``, written by ``harness run``): an
+    edited suite run into the same folder leaves the old version's cells behind, and they are
+    no part of this suite's results. They are named in a note, never aggregated. A folder
+    without a plan (written by an older version) keeps every cell."""
+    plan = read_plan(suite_dir)
+    if plan is None:
+        return entries
+    members = set(plan["cells"])
+    outside = [e for e in entries if e["cell_id"] not in members]
+    if outside:
+        listed = ", ".join(f"{e['cell_id']} ({e['state']})" for e in outside[:12])
+        more = f" and {len(outside) - 12} more" if len(outside) > 12 else ""
+        notes.append(f"{len(outside)} cell folder{'s' if len(outside) != 1 else ''} here "
+                     f"{'are' if len(outside) != 1 else 'is'} not part of this suite as last run "
+                     f"(plan.json; left by an earlier version of it) and not aggregated: {listed}{more}.")
+    return [e for e in entries if e["cell_id"] in members]
 
 
 def _supersede(cells: pd.DataFrame) -> None:

@@ -72,6 +72,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename or a new file in ``directory`` durable (best effort)."""
+    _fsync_dir(Path(directory))
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file written by someone else's code (safetensors, torch.save) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """Write every byte (``os.write`` may write less than asked). A module-level function so
     tests can slow it down to kill a writer mid-write."""
