@@ -4,6 +4,8 @@ how it ended. Used by :mod:`harness.runner` (``materialize``, ``run_job``)."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import shutil
 import sys
 import time
 import traceback
@@ -111,12 +113,12 @@ def record_failure(folder: Path, e: BaseException) -> typing.NoReturn:
     if isinstance(e, KeyboardInterrupt):
         write_status(folder, "pending", reason=interrupted_reason(e))
         raise e
-    if isinstance(e, OSError) and e.errno in NO_SPACE:
+    if out_of_space(e, folder):
         try:
-            write_status(folder, "pending", reason=f"stopped: {e.strerror} ({e.filename or folder})")
+            write_status(folder, "pending", reason="stopped: no space left on device")
         except OSError:
             pass  # the status cannot be written either; `running` without a lock reads the same
-        raise e
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder)) from e
     reason = f"{type(e).__name__}: {e}"
     if isinstance(e, SystemExit):
         reason = f"the job called sys.exit({e.code!r}) (a plugin or library exiting the process)"
@@ -128,6 +130,30 @@ def record_failure(folder: Path, e: BaseException) -> typing.NoReturn:
     if isinstance(e, SystemExit):
         raise RuntimeError(reason) from e
     raise e
+
+
+def out_of_space(e: BaseException, folder: Path) -> bool:
+    """Whether ``e`` (or an error it came from) means the disk or quota is full. Libraries
+    that write files of their own say so in their own ways: an OSError with ENOSPC/EDQUOT,
+    safetensors' "os error 28", torch's bare "file write failed"; so when an error mentions
+    writing, a folder with (almost) no free space left decides."""
+    chain, x = [], e
+    while x is not None and len(chain) < 10:
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    for x in chain:
+        if isinstance(x, OSError) and x.errno in NO_SPACE:
+            return True
+        text = str(x)
+        if any(m in text for m in ("No space left on device", "Disk quota exceeded", "os error 28",
+                                   "os error 122")):
+            return True
+    if any("write" in str(x).lower() for x in chain):
+        try:
+            return shutil.disk_usage(folder).free < (1 << 20)
+        except OSError:
+            return False
+    return False
 
 
 def stage_problem(suite_dir: Path, sid: str | None) -> str | None:

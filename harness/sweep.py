@@ -180,13 +180,13 @@ def record_hard_failures(outcomes, folders: dict) -> None:
     scheduler's stop (cancelled, time limit after the last requeue, preemption, node failure)
     leaves the folder pending, resumable by a plain rerun; anything else (SIGKILL, out of
     memory, a crash) marks it failed."""
-    from .launch.base import headline
+    from .launch.base import headline, stops_sweep
     from .results import lock_info, read_status, write_status
 
     for o in outcomes:
         folder = folders.get(o.name)
-        if o.ok or folder is None:
-            continue
+        if o.ok or folder is None or stops_sweep(o) or o.error.startswith("not started:"):
+            continue   # out of space: the folder stays as the job left it (resumable)
         st = read_status(folder)
         if st["state"] in ("failed", "done") or (st["state"] == "pending" and st.get("reason")):
             continue
