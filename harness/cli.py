@@ -273,10 +273,14 @@ def _launch_and_report(args, suite, suite_dir: Path, items, jobs, profile) -> in
         mark_interrupted([Path(j.log_hint) for j in jobs], interrupted_reason(interrupted))
         raise interrupted
     record_hard_failures(outcomes, {j.name: Path(j.log_hint) for j in jobs})
-    failed = [o for o in outcomes if not o.ok or (isinstance(o.result, dict) and o.result.get("state") == "failed")]
-    print(f"finished in {time.time() - t0:.1f}s: {len(outcomes) - len(failed)} ok, {len(failed)} failed")
-    if failed:
+    failed = [o for o in outcomes if (not o.ok and not o.resumable)
+              or (isinstance(o.result, dict) and o.result.get("state") == "failed")]
+    stopped = [o for o in outcomes if not o.ok and o.resumable]
+    print(f"finished in {time.time() - t0:.1f}s: {len(outcomes) - len(failed) - len(stopped)} ok, "
+          f"{len(failed)} failed" + (f", {len(stopped)} stopped" if stopped else ""))
+    if failed or stopped:
         print(format_summary(outcomes), file=sys.stderr)
+    if failed:
         print("each failed cell's folder holds `status` (reason, step, last finite metrics) and "
               "`error.txt` (traceback); fix the cause, then rerun with --retry-failed", file=sys.stderr)
     states = plan_states([(k, i, f) for k, i, f, _ in items])

@@ -178,8 +178,9 @@ def stage_problem(suite_dir: Path, sid: str | None) -> str | None:
     if state == "running" and holder is not None and not holder.get("stale"):
         return f"waiting for SFT stage {sid}, which is still running"
     if state == "running" or reason:
-        why = reason or "its process ended without finishing it (killed, or its job was cancelled)"
-        return f"waiting for SFT stage {sid}, which was interrupted: {why}"
+        why = (reason or "its process ended without finishing it: killed, or its job was cancelled")
+        why = why.removeprefix("interrupted").strip(" ()") or why
+        return f"waiting for SFT stage {sid}, which was interrupted ({why})"
     return f"waiting for SFT stage {sid}, which has not run yet"
 
 

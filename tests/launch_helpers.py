@@ -67,3 +67,12 @@ def wait_for_requeue(marker, value, wait_s=60.0):
         time.sleep(wait_s)
         return ("not requeued", 0)
     return (value, int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+
+
+def run_through(marker, seconds, value):
+    """Create ``marker``, keep running for ``seconds`` (a job that needs the end of its time
+    limit), then return ``value``."""
+    with open(marker, "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(seconds)
+    return value

@@ -197,15 +197,18 @@ def headline(error: str | None) -> str:
 
 
 def format_summary(outcomes: list[JobOutcome]) -> str:
-    """A few lines for the terminal: counts, then each failed job with its error's last line
-    and where to read the logs."""
-    failed = [o for o in outcomes if not o.ok]
-    lines = [f"{len(outcomes)} jobs: {len(outcomes) - len(failed)} done, {len(failed)} failed"]
-    for o in failed:
-        jid = f" (job {o.job_id})" if o.job_id else ""
-        lines.append(f"  FAILED {o.name}{jid}: {headline(o.error)}")
-        if o.log_paths:
-            lines.append(f"    logs: {', '.join(o.log_paths)}")
+    """A few lines for the terminal: counts, then each failed job (and each one stopped from
+    outside, resumable) with its error's last line and where to read the logs."""
+    failed = [o for o in outcomes if not o.ok and not o.resumable]
+    stopped = [o for o in outcomes if not o.ok and o.resumable]
+    lines = [f"{len(outcomes)} jobs: {len(outcomes) - len(failed) - len(stopped)} done, {len(failed)} failed"
+             + (f", {len(stopped)} stopped (resumable)" if stopped else "")]
+    for word, group in (("FAILED", failed), ("STOPPED", stopped)):
+        for o in group:
+            jid = f" (job {o.job_id})" if o.job_id else ""
+            lines.append(f"  {word} {o.name}{jid}: {headline(o.error)}")
+            if o.log_paths:
+                lines.append(f"    logs: {', '.join(o.log_paths)}")
     return "\n".join(lines)
 
 
