@@ -7,19 +7,22 @@ How a run goes:
    in the queue, or are requeued days later, run the code as it was at submission.
 2. The SFT jobs go in as one array, the cell jobs as another submitted right away with
    ``--dependency=afterany:<sft array ids>``: the whole sweep is queued at once, the scheduler
-   holds the cells until every SFT job has ended (however it ended: a cell whose SFT failed
-   checks its SFT stage status itself and fails with that reason), and nothing depends on the
-   submitting process staying alive; rerunning the suite skips finished cells.
+   holds the cells until every SFT job has ended (however it ended: a cell whose SFT stage did
+   not finish stays pending with that reason), and nothing depends on the submitting process
+   staying alive; rerunning the suite skips finished cells and watches the jobs still queued or
+   running (``<work_dir>/slurm_jobs.json``) instead of submitting them again.
    ``--array=0-N%P`` caps running tasks at ``launcher.parallelism``.
 3. Each job runs a ``JobCall`` (a ``submitit.helpers.Checkpointable``): at a time limit or a
    preemption submitit calls its ``checkpoint()``, which requeues the same call (up to the
-   profile's ``max_requeues``); the cell resumes from its own on-disk checkpoint.
+   profile's ``max_requeues``); the cell resumes from its own on-disk checkpoint. On the last
+   attempt the time-limit warning is ignored: the job runs on to the limit.
 4. With ``gpus_per_node > 1`` (or ``nodes > 1``) the job runs the function under
    ``accelerate launch --num_processes N`` (one process per GPU); rank 0's return value is the
    job's result.
 5. The launcher polls every second: result files for outcomes, ``sacct`` for states (at most
-   every 10 s once the run is long). A job that ended without a result file (SIGKILL, out of
-   memory, time limit, cancelled) is reported failed after ``result_wait_s``. This needs SLURM
+   every 10 s once the run is long). A job that ended without a result file is reported after
+   ``result_wait_s``: failed when killed or out of memory, stopped (resumable) when the
+   scheduler ended it (time limit after the last requeue, cancelled, preempted, node failure). This needs SLURM
    accounting (slurmdbd): without it ``sacct`` knows no states and such a job would look
    pending forever.
 """
