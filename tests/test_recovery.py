@@ -203,17 +203,25 @@ def test_a_results_folder_cannot_name_code_or_widen_trust(tmp_path, monkeypatch,
 
 
 # ========================================================================= 3. disk full
+@contextlib.contextmanager
+def tmpfs(mnt: Path, options: str):
+    """A tmpfs mounted at ``mnt`` for the block (root only); the test is skipped where mounting
+    is not allowed."""
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'not root'})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 48 MB tmpfs mounted for the test (root only); skipped where mounting is not allowed."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'not root'}); the lock-level "
-                    f"disk-full test in test_locks.py still runs")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    """A 48 MB disk of its own (the lock-level disk-full test in test_locks.py runs anywhere)."""
+    with tmpfs(tmp_path / "disk", "size=48m") as mnt:
+        yield mnt
 
 
 def test_a_full_disk_stops_the_run_honestly_and_a_rerun_finishes_it(tiny_disk, base):
@@ -390,13 +398,8 @@ def _tree(p: Path) -> list[str]:
 
 @pytest.fixture
 def readonly_dir(tmp_path):
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({r.stderr.strip() or 'not root'})")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as mnt:
+        yield mnt
 
 
 def test_results_path_that_is_a_file_is_exit_2(tmp_path):
