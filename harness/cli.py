@@ -66,12 +66,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import signal
 
-    from .signals import _fired, stop_on_signals
+    from .signals import reset, stop_on_signals
     from .sweep import EXIT_NOT_DONE, NO_SPACE_MARKS
 
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `... | head` ends quietly
     args = parser().parse_args(argv)
-    _fired.clear()
+    reset()
     try:
         with stop_on_signals():
             if args.cmd == "ls":

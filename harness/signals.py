@@ -19,6 +19,14 @@ from typing import Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _fired: list[int] = []    # the signal that interrupted this process, once one has
+_deferring: list[bool] = []
+_pending: list[int] = []
+
+
+def reset() -> None:
+    """Forget an earlier interruption (a new command in the same process, as in tests)."""
+    _fired.clear()
+    _pending.clear()
 
 
 class Interrupted(KeyboardInterrupt):
@@ -54,6 +62,9 @@ def stop_on_signals(signums: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
         if _fired:
             return
         _fired.append(signum)
+        if _deferring:
+            _pending.append(signum)   # raised when the deferring block ends
+            return
         raise Interrupted(signum)
 
     previous = {}
@@ -85,3 +96,17 @@ def sheltered_children(signums: tuple[int, ...] = (signal.SIGINT,)) -> Iterator[
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold back :class:`Interrupted` until the block ends (a signal that arrives inside it is
+    raised on the way out), for steps that must not be cut in half, such as starting a worker
+    process and recording its handle: cut there, the worker would run on unrecorded."""
+    _deferring.append(True)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+    if _pending and not _deferring:
+        raise Interrupted(_pending.pop())

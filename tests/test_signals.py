@@ -115,3 +115,24 @@ def test_a_signal_stops_the_run_cleanly_and_leaves_it_resumable(suite, tmp_path,
         m = read_json(cell / "metrics.json")
         assert read_status(cell)["state"] == "done" and 1 <= m["train/resumed_from"] <= steps[-1]
         assert [r["step"] for r in read_jsonl(cell / "train_log.jsonl")] == list(range(1, 121))
+
+
+def test_signal_handling_in_one_process():
+    """The pieces the run relies on: SIGTERM becomes Interrupted (exit code 143); a repeat
+    during the cleanup is ignored; inside ``deferred()`` it waits for the block to end."""
+    from harness.signals import Interrupted, deferred, reset, stop_on_signals
+
+    reset()
+    reached = []
+    with pytest.raises(Interrupted) as e:
+        with stop_on_signals():
+            with deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                reached.append("end of the deferred block")
+    assert reached and e.value.exit_code == 143 and e.value.signame == "SIGTERM"
+    with stop_on_signals():      # the process was interrupted once: a repeat is ignored
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    reset()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

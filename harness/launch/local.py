@@ -38,7 +38,7 @@ from harness.launch.base import (
     outcome_without_result,
     stops_sweep,
 )
-from harness.signals import sheltered_children
+from harness.signals import deferred, sheltered_children
 
 # submitit's local default is 2 minutes, after which it kills the job; cells can run for hours
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60
@@ -63,7 +63,7 @@ def launch_local(jobs: list[Job], work_dir: Path, *, workers: int = 2,
             while queue or running:
                 while queue and len(running) < workers and stop is None:
                     job = queue.pop(0)
-                    with sheltered_children():
+                    with deferred(), sheltered_children():
                         running[job.name] = (job, executor.submit(job.fn, *job.args, **job.kwargs))
                     prog.set(job.name, "running")
                 if stop is not None:
