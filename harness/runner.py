@@ -346,6 +346,8 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
     if espec.enabled:
         from .evaluate.policy import evaluate_policy
 
+        if guard is not None:
+            guard()  # evaluation writes samples.jsonl: only while the lock is still ours
         ref_model = init()[0]
         t0 = time.time()
         metrics.update(evaluate_policy(policy, ref_model, tok, data, method, espec, folder, seed,
