@@ -144,6 +144,18 @@ def _stage_of(folder: Path) -> str | None:
         return None
 
 
+def _checked_cell_config(folder: Path):
+    """The cell's config read back, its plugins loaded and its method built: each problem is a
+    UserError naming the file and key."""
+    import methods
+
+    cfg = load_cell_config(folder)
+    for p in cfg.plugins:
+        methods.load_plugin(p)
+    build_method(cfg, folder / "config.yaml")
+    return cfg
+
+
 def _run_locked(suite_dir: Path, kind: str, job_id: str, folder: Path, sid: str | None, lock,
                 retry_failed: bool) -> dict:
     from .results import read_status, write_status
@@ -157,6 +169,10 @@ def _run_locked(suite_dir: Path, kind: str, job_id: str, folder: Path, sid: str 
     if st["state"] == "failed" and not retry_failed:
         return {"state": "failed", "id": job_id, "skipped": True, "reason": st.get("reason")}
     if kind == "cell":
+        try:  # a config that does not read back is this cell's failure, whatever its stage's state
+            _checked_cell_config(folder)
+        except UserError as e:
+            record_failure(folder, e)
         blocked = stage_problem(suite_dir, sid)
         if blocked:
             write_status(folder, "pending", reason=blocked)

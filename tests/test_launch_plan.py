@@ -33,7 +33,7 @@ def test_dry_run_shows_launcher_profile_and_what_each_job_asks_for(tmp_path, mon
     assert rc == 0, err
     head, sft, cell = _launch_part(out)[:3]
     # slurm/gpu-8b.yaml as written there: 8 GPUs, 64 CPUs, 480 GB for SFT; 4, 32, 240 for cells
-    assert head.startswith("Launcher: slurm, profile slurm/gpu-8b.yaml;") and "5 requeues" in head
+    assert head.startswith(f"Launcher: slurm, profile {ROOT / 'slurm' / 'gpu-8b.yaml'};") and "5 requeues" in head
     assert sft == ("  3 SFT jobs (one array), each: partition (default), time 360 min, 1 node x 8 GPUs, "
                    "64 CPUs, 480 GB memory, accelerate launch, 8 processes")
     assert cell == ("  21 cell jobs (one array, after the SFT jobs), each: partition (default), time 480 min, "
