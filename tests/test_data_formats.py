@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.data.formats import LoadedData, load_pairs
+from harness.data.realdata import LoadedData, load_pairs
 from harness.data.pairs import PreferencePair
 from harness.errors import DataError, UserError
 from harness.schema import DatasetSpec
@@ -492,7 +492,7 @@ def test_hub_offline_error_is_fast_and_suggests_a_path(tmp_path):
     without a network) would miss the time limit."""
     code = (
         "import time, types, datasets\n"
-        "from harness.data.formats import load_pairs\n"
+        "from harness.data.realdata import load_pairs\n"
         "from harness.errors import UserError\n"
         # the spec's attributes, without importing harness.schema (and with it torch)
         f"spec = types.SimpleNamespace(**{DatasetSpec(name='hh', hub='Anthropic/hh-rlhf').__dict__!r})\n"

@@ -1,4 +1,4 @@
-"""Loaders for real preference data: local JSON / JSONL / Parquet files and hub data sets.
+"""Row formats of real preference data: parsing and checking one row.
 
 Every row is read into one :class:`~harness.data.pairs.PreferencePair` (prompt, chosen
 response, rejected response). Five row formats are accepted (``FORMATS``); ``format: auto``
@@ -22,8 +22,11 @@ picks the one that the first parseable row fits and records it in ``stats["forma
 
 Prompts are normalised the same way for all formats: a single user turn without a system
 message stays a plain string; anything else is a list of ``{"role", "content"}`` messages
-ending with a user turn (a system message only first). Nothing is tokenized here
-(``harness.data.tokenize`` does that, and checks prompt lengths).
+ending with a user turn (a system message only first). Each format has a plain-text
+*framing* (``PreferencePair.framing``, :mod:`harness.data.render`) used when no chat template
+applies. Nothing is tokenized here (``harness.data.tokenize`` does that). Files are read by
+:mod:`harness.data.files`, hub splits by :mod:`harness.data.hub`, and :mod:`harness.data.realdata`
+puts it together (validation of every row, the held-out split, label noise).
 
 Row validation. A row is bad when a field is missing or null (``missing_field``), has the
 wrong type, e.g. non-string content (``wrong_type``), the prompt is empty
@@ -34,38 +37,14 @@ not a JSON object (``not_an_object``), or its structure does not fit the format
 rejected, a conversation that does not end with a user turn, ...). ``on_bad_rows: error``
 reports every bad row (the first ``MAX_REPORTED``, then a count) in one ``DataError``;
 ``drop`` skips them and counts them per reason in ``stats["dropped"]``.
-
-Held-out split. With ``heldout_split`` (hub data sets) the held-out pairs come from that
-split. Otherwise they are a deterministic slice of the usable rows: rows are grouped by
-prompt (so no prompt is in both train and held-out: several pairs per prompt are common in
-UltraFeedback-style data), the groups are shuffled with a seed derived from the source name
-(``split_seed``: SHA-256 of ``"prefopt-split:" + file name``, or of the hub id and split),
-and whole groups are taken from the end of that order into held-out while they fit in
-``heldout_size``. With one pair per prompt this is exactly "the last ``heldout_size`` rows
-after a seeded shuffle". The seed does not depend on the suite's ``seeds`` on purpose: every
-training seed sees the same split, so seeds measure training variance only. It does depend on
-the set of usable rows (dropping rows changes the shuffle). ``train_size`` then keeps the
-first pairs of the shuffled train order, and ``label_noise`` swaps chosen and rejected in
-``round(label_noise * len(train))`` train pairs chosen with a second derived seed
-(``meta["flipped"] = True``); held-out pairs are never flipped.
 """
 from __future__ import annotations
 
-import bisect
-import contextlib
-import hashlib
-import json
-import math
-import random
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple
 
-from harness.errors import DataError, UserError
-from harness.hub import offline as hub_offline
-
-from .pairs import PreferencePair
+from harness.errors import DataError
 
 # One line per format, shown when a format cannot be detected or is wrong.
 FORMATS: dict[str, str] = {
@@ -79,6 +58,16 @@ FORMATS: dict[str, str] = {
                 "rejected: {from: gpt, value}} (LLaMA-Factory)",
 }
 
+# The plain-text framing of each format (harness.data.render); a `pairs` row whose prompt is a
+# message list is framed "roles" (a message list cannot be verbatim text).
+FRAMING: dict[str, str] = {
+    "pairs": "text",
+    "conversational": "roles",
+    "hh-rlhf": "hh",
+    "ultrafeedback": "roles",
+    "sharegpt": "sharegpt",
+}
+
 REASONS: dict[str, str] = {
     "not_an_object": "row is not a JSON object",
     "missing_field": "a required field is missing or null",
@@ -90,23 +79,7 @@ REASONS: dict[str, str] = {
 }
 
 MAX_REPORTED = 20  # bad rows listed in one error; the rest are counted
-HUB_CHECK_TIMEOUT_S = 10.0  # reachability check before datasets.load_dataset (which retries for ~25 s)
-FILE_SUFFIXES = (".json", ".jsonl", ".ndjson", ".parquet")
 ROLES = ("system", "user", "assistant")
-
-
-@dataclass
-class LoadedData:
-    """What :func:`load_pairs` returns. ``stats`` keys: ``source``, ``file_format``,
-    ``format``, ``format_detected``, ``rows_read``, ``rows_valid``, ``dropped`` (reason ->
-    count), ``dropped_total``, ``train``, ``heldout``, ``train_before_cap``,
-    ``heldout_from`` (``"slice"`` or ``"split:<name>"``), ``split_seed``,
-    ``prompts_with_several_pairs``, ``heldout_prompts_in_train`` (hub splits only),
-    ``label_flipped``."""
-
-    train: list[PreferencePair]
-    heldout: list[PreferencePair]
-    stats: dict = field(default_factory=dict)
 
 
 class BadRow(Exception):
@@ -118,7 +91,7 @@ class BadRow(Exception):
 
 
 @dataclass
-class _Record:
+class Record:
     where: str  # "line 7", "row 3 (line 17)", "row 12", "split 'test' row 5": what a user looks up
     index: int  # 1-based row number among the data rows
     row: Any
@@ -321,12 +294,19 @@ _PARSERS = {
     "ultrafeedback": _parse_ultrafeedback,
     "sharegpt": _parse_sharegpt,
 }
-assert set(_PARSERS) == set(FORMATS)
+assert set(_PARSERS) == set(FORMATS) == set(FRAMING)
 
 
-def parse_row(row: Any, fmt: str) -> tuple:
-    """Parse one row in format ``fmt`` into ``(prompt, chosen, rejected, extra_meta)``;
-    raises :class:`BadRow` naming the reason and the field."""
+class Parsed(NamedTuple):
+    prompt: Any  # a string, or a list of {"role", "content"} messages ending with a user turn
+    chosen: str
+    rejected: str
+    meta: dict
+    framing: str  # see FRAMING
+
+
+def parse_row(row: Any, fmt: str) -> Parsed:
+    """Parse one row in format ``fmt``; raises :class:`BadRow` naming the reason and the field."""
     if not isinstance(row, dict):
         raise BadRow("not_an_object", "(row)", f"expected a JSON object, got {type(row).__name__}")
     prompt, chosen, rejected, meta = _PARSERS[fmt](row)
@@ -336,14 +316,15 @@ def parse_row(row: Any, fmt: str) -> tuple:
         raise BadRow("empty_response", "rejected", "empty (after stripping whitespace)")
     if chosen.strip() == rejected.strip():
         raise BadRow("identical_responses", "chosen/rejected", "chosen and rejected are the same text")
-    return prompt, chosen, rejected, meta
+    framing = "roles" if fmt == "pairs" and isinstance(row.get("prompt"), list) else FRAMING[fmt]
+    return Parsed(prompt, chosen, rejected, meta, framing)
 
 
 def _formats_help() -> str:
     return "; ".join(f"{name}: {keys}" for name, keys in FORMATS.items())
 
 
-def detect_format(records: list[_Record], source: str) -> str:
+def detect_format(records: list[Record], source: str) -> str:
     """The format that the first parseable row fits. Rows that fit no format are skipped
     (they are reported as bad rows of the detected format); a row that fits several formats
     is ambiguous and stops the load."""
@@ -375,364 +356,3 @@ def detect_format(records: list[_Record], source: str) -> str:
     problems.append("accepted formats: " + _formats_help())
     problems.append("fix: convert the rows to one of these formats, or set `format:` to check the rows against one")
     raise DataError(problems=problems)
-
-
-# ======================================================================== file reading
-_WS = re.compile(r"[ \t\n\r]*")
-
-
-def _decode(path: Path, data: bytes) -> str:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(
-            f"{path}: line {line}, column {col} (byte offset {e.start}): invalid UTF-8 "
-            f"(byte 0x{data[e.start]:02x}: {e.reason}); re-encode the file as UTF-8, "
-            f"e.g. `iconv -f latin1 -t utf-8 IN > OUT`") from None
-    return text[1:] if text.startswith("\ufeff") else text
-
-
-def _json_error(path: Path, e: json.JSONDecodeError, what: str = "invalid JSON") -> DataError:
-    return DataError(f"{path}: line {e.lineno}, column {e.colno}: {what}: {e.msg}; fix the JSON syntax there")
-
-
-def _read_json_array(path: Path, text: str, start: int) -> list[_Record]:
-    """Scan a top-level JSON list element by element, so each row knows its line."""
-    newlines = [m.start() for m in re.finditer("\n", text)]
-
-    def line_of(pos: int) -> int:
-        return bisect.bisect_left(newlines, pos) + 1
-
-    decoder = json.JSONDecoder()
-    records: list[_Record] = []
-    i = _WS.match(text, start + 1).end()
-    if i < len(text) and text[i] == "]":
-        i = _WS.match(text, i + 1).end()
-    else:
-        while True:
-            try:
-                obj, end = decoder.raw_decode(text, i)
-            except json.JSONDecodeError as e:
-                raise _json_error(path, e) from None
-            n = len(records) + 1
-            line = line_of(i)
-            records.append(_Record(f"row {n} (line {line})", n, obj, {"line": line}))
-            i = _WS.match(text, end).end()
-            if i < len(text) and text[i] == ",":
-                i = _WS.match(text, i + 1).end()
-                continue
-            if i < len(text) and text[i] == "]":
-                i = _WS.match(text, i + 1).end()
-                break
-            e = json.JSONDecodeError("expected ',' or ']' after a row", text, min(i, len(text)))
-            raise _json_error(path, e) from None
-    if i < len(text):
-        raise _json_error(path, json.JSONDecodeError("extra data after the list", text, i))
-    return records
-
-
-def _read_jsonl(path: Path, text: str) -> list[_Record]:
-    records = []
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue  # blank lines (and a final newline) are not rows
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {lineno}, column {e.colno}: invalid JSON: {e.msg}; "
-                            f"each line of a .jsonl file must hold one JSON object") from None
-        n = len(records) + 1
-        records.append(_Record(f"line {lineno}", n, obj, {"line": lineno}))
-    return records
-
-
-def read_rows(path: Path) -> tuple[list[_Record], str]:
-    """Read a data file into records; returns ``(records, file_format)``. File-level
-    problems (unknown suffix, invalid UTF-8, JSON syntax, no rows) raise ``DataError``."""
-    suffix = path.suffix.lower()
-    if suffix not in FILE_SUFFIXES:
-        raise DataError(f"{path}: unsupported file type '{suffix or '(none)'}'; "
-                        f"use one of {', '.join(FILE_SUFFIXES)}")
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            rows = pq.read_table(path).to_pylist()
-        except Exception as e:  # pyarrow raises several types for a damaged or non-Parquet file
-            raise DataError(f"{path}: cannot read as Parquet: {e}") from None
-        records = [_Record(f"row {i}", i, r) for i, r in enumerate(rows, start=1)]
-        file_format = "parquet"
-    else:
-        text = _decode(path, path.read_bytes())
-        start = _WS.match(text).end()
-        if start == len(text):
-            raise DataError(f"{path}: the file is empty (0 rows)")
-        if suffix == ".json" and text[start] == "[":
-            records, file_format = _read_json_array(path, text, start), "json"
-        elif suffix == ".json":
-            try:
-                doc = json.loads(text)
-            except json.JSONDecodeError as e:
-                if e.msg != "Extra data":
-                    raise _json_error(path, e) from None
-                doc = None  # several JSON values: JSON Lines under a .json name (common on the hub)
-            if doc is None:
-                records, file_format = _read_jsonl(path, text), "jsonl"
-            elif isinstance(doc, dict) and isinstance(doc.get("data"), list):
-                records = [_Record(f"data row {i}", i, r) for i, r in enumerate(doc["data"], start=1)]
-                file_format = "json"
-            else:
-                raise DataError(f"{path}: expected a list of rows or {{\"data\": [rows]}} at the top level, "
-                                f"got {type(doc).__name__}" + (f" with keys {sorted(doc)[:8]}" if isinstance(doc, dict) else ""))
-        else:
-            records, file_format = _read_jsonl(path, text), "jsonl"
-    if not records:
-        raise DataError(f"{path}: no rows (the file holds an empty list or table)")
-    return records, file_format
-
-
-def resolve_path(path: str, base_dir: Optional[Path]) -> Path:
-    """``path`` as given if absolute; else relative to ``base_dir`` (the suite file's folder),
-    then to the working directory."""
-    p = Path(path).expanduser()
-    if p.is_absolute():
-        candidates = [p]
-    else:
-        candidates = ([Path(base_dir) / p] if base_dir is not None else []) + [Path.cwd() / p]
-    for c in candidates:
-        if c.is_file():
-            return c
-    hint = ""
-    if Path(path).name == "dpo_en_demo.json":
-        hint = "; scripts/fetch_llamafactory_demo.sh downloads it"
-    raise DataError(f"data file '{path}' not found (looked in: {', '.join(str(c) for c in candidates)}){hint}")
-
-
-# ============================================================================== hub
-def _hub_fix(hub: str, split: str) -> str:
-    return (f"fix: on a connected machine run `python -c \"import datasets; "
-            f"datasets.load_dataset('{hub}', split='{split}').to_json('data.jsonl')\"`, copy the file here "
-            f"and set `path: data.jsonl` instead of `hub:` (or fill the hub cache there and set HF_DATASETS_OFFLINE=1)")
-
-
-def _check_hub_reachable(hub: str, name: str, split: str) -> None:
-    """Fail in seconds, not after datasets' ~25 s of retries, when the hub is unreachable."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, HFValidationError, HfHubHTTPError, RepositoryNotFoundError
-
-    try:
-        HfApi().dataset_info(hub, timeout=HUB_CHECK_TIMEOUT_S)
-    except GatedRepoError:
-        return  # exists; datasets will ask for a token itself
-    except RepositoryNotFoundError:
-        raise UserError(f"data set '{name}': hub data set '{hub}' not found (or private without a token); "
-                        f"check the id, or run `huggingface-cli login`") from None
-    except HFValidationError as e:
-        raise UserError(f"data set '{name}': '{hub}' is not a valid hub id: {e}") from None
-    except HfHubHTTPError:
-        return  # the hub answered; let datasets report anything else
-    except Exception as e:  # connection errors come from several libraries (httpx, socket, ssl)
-        raise UserError(problems=[
-            f"data set '{name}': cannot reach the Hugging Face hub to load '{hub}' "
-            f"({type(e).__name__}: {str(e)[:200]})",
-            _hub_fix(hub, split)]) from None
-
-
-@contextlib.contextmanager
-def _offline_libraries(offline: bool):
-    """Make datasets *and* huggingface_hub offline for one call when the user asked for it.
-    Both read their flags once, at import, and HF_DATASETS_OFFLINE=1 alone leaves
-    huggingface_hub online: any request that reaches it would then go through its retries
-    (an online ``load_dataset`` without a network takes ~25 s to fail, measured)."""
-    if not offline:
-        yield
-        return
-    import datasets.config as dc
-    import huggingface_hub.constants as hc
-
-    saved = hc.HF_HUB_OFFLINE, dc.HF_HUB_OFFLINE
-    hc.HF_HUB_OFFLINE = dc.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hc.HF_HUB_OFFLINE, dc.HF_HUB_OFFLINE = saved
-
-
-def _load_hub_split(hub: str, split: str, name: str) -> list[dict]:
-    offline = hub_offline()  # harness.hub: the one answer
-    if not offline and not Path(hub).exists():
-        _check_hub_reachable(hub, name, split)
-    import datasets
-
-    try:
-        with _offline_libraries(offline):
-            ds = datasets.load_dataset(hub, split=split)
-    except Exception as e:  # datasets raises ConnectionError, FileNotFoundError, ValueError (split), ...
-        why = "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the local cache" \
-            if offline else f"{type(e).__name__}"
-        raise UserError(problems=[
-            f"data set '{name}': cannot load hub data set '{hub}' split '{split}': {why}: {str(e)[:300]}",
-            _hub_fix(hub, split)]) from None
-    return ds.to_list()
-
-
-# ======================================================================== the loader
-def split_seed(key: str) -> int:
-    """A 64-bit seed from a name (stable across runs and machines, unlike ``hash()``)."""
-    return int.from_bytes(hashlib.sha256(("prefopt-split:" + key).encode("utf-8")).digest()[:8], "big")
-
-
-def _validate(records: list[_Record], fmt: str, source: str, extra_meta: dict):
-    pairs, bad = [], []
-    for rec in records:
-        try:
-            prompt, chosen, rejected, meta = parse_row(rec.row, fmt)
-        except BadRow as e:
-            bad.append((rec, e))
-            continue
-        pairs.append(PreferencePair(prompt, chosen, rejected,
-                                    {"source": source, "row": rec.index, **rec.extra_meta, **extra_meta, **meta}))
-    return pairs, bad
-
-
-def _prompt_key(prompt) -> str:
-    return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
-
-
-def _heldout_slice(pairs: list[PreferencePair], size: int, seed: int):
-    """(train, heldout, prompts with several pairs): whole prompt groups, shuffled, filled
-    from the end into held-out while they fit in ``size``."""
-    groups: dict[str, list[PreferencePair]] = {}
-    for p in pairs:
-        groups.setdefault(_prompt_key(p.prompt), []).append(p)
-    order = list(groups.values())
-    random.Random(seed).shuffle(order)
-    heldout_groups, train_groups, n_held = [], [], 0
-    for g in reversed(order):
-        if n_held + len(g) <= size:
-            heldout_groups.append(g)
-            n_held += len(g)
-        else:
-            train_groups.append(g)
-    heldout_groups.reverse()
-    train_groups.reverse()
-    flat = lambda gs: [p for g in gs for p in g]  # noqa: E731
-    return flat(train_groups), flat(heldout_groups), sum(1 for g in order if len(g) > 1)
-
-
-def _bad_rows_error(bad: list, source: str, fmt: str, name: str) -> DataError:
-    counts: dict[str, int] = {}
-    for _, e in bad:
-        counts[e.reason] = counts.get(e.reason, 0) + 1
-    summary = ", ".join(f"{n} {reason}" for reason, n in counts.items())
-    problems = [f"{source}: {len(bad)} bad row(s) in data set '{name}' (format {fmt}): {summary}"]
-    for rec, e in bad[:MAX_REPORTED]:
-        problems.append(f"{source}: {rec.where}: field '{e.field}': {e.detail} [{e.reason}]")
-    if len(bad) > MAX_REPORTED:
-        problems.append(f"... and {len(bad) - MAX_REPORTED} more bad rows")
-    problems.append("fix: correct these rows, or set `on_bad_rows: drop` in the data set entry to skip such rows "
-                    "(they are counted in the run's data stats)")
-    return DataError(problems=problems)
-
-
-def load_pairs(spec, base_dir: Optional[Path] = None) -> LoadedData:
-    """Load, validate and split the preference pairs of a ``harness.schema.DatasetSpec``
-    whose source is ``path`` (resolved against ``base_dir``, the suite file's folder, then the
-    working directory) or ``hub``. See the module docstring for formats, validation and the
-    split. Raises ``DataError`` (bad file, bad rows, nothing left) or ``UserError`` (hub
-    unreachable, inconsistent spec)."""
-    name = spec.name or spec.path or spec.hub or "?"
-    if spec.path and spec.hub:
-        raise UserError(f"data set '{name}': set either `path:` or `hub:`, not both")
-    if spec.format != "auto" and spec.format not in FORMATS:
-        raise UserError(f"data set '{name}': unknown format '{spec.format}'; accepted: auto, " + ", ".join(FORMATS))
-
-    heldout_records = None
-    if spec.path:
-        if spec.heldout_split:
-            raise UserError(f"data set '{name}': `heldout_split` applies to hub data sets only; a local file's "
-                            f"held-out pairs are a slice of its rows (set `heldout_size`), so remove heldout_split")
-        path = resolve_path(spec.path, base_dir)
-        records, file_format = read_rows(path)
-        source, seed_key, split_meta = str(path), Path(spec.path).name, {}
-    elif spec.hub:
-        source = spec.hub
-        rows = _load_hub_split(spec.hub, spec.split, name)
-        records = [_Record(f"split '{spec.split}' row {i}", i, r) for i, r in enumerate(rows, start=1)]
-        if spec.heldout_split:
-            rows = _load_hub_split(spec.hub, spec.heldout_split, name)
-            heldout_records = [_Record(f"split '{spec.heldout_split}' row {i}", i, r)
-                               for i, r in enumerate(rows, start=1)]
-        file_format, seed_key, split_meta = "hub", f"{spec.hub}:{spec.split}", {"split": spec.split}
-        if not records:
-            raise DataError(f"{source}: split '{spec.split}' has no rows")
-    else:
-        raise UserError(f"data set '{name}': no `path:` or `hub:` to load (embedded `task:` data sets are "
-                        f"generated by harness.data.tasks)")
-
-    detected = spec.format == "auto"
-    fmt = detect_format(records, source) if detected else spec.format
-    pairs, bad = _validate(records, fmt, source, split_meta)
-    held_pairs, held_bad = [], []
-    if heldout_records is not None:
-        held_pairs, held_bad = _validate(heldout_records, fmt, source, {"split": spec.heldout_split})
-    all_bad = bad + held_bad
-    if all_bad and spec.on_bad_rows == "error":
-        raise _bad_rows_error(all_bad, source, fmt, name)
-
-    dropped: dict[str, int] = {}
-    for _, e in all_bad:
-        dropped[e.reason] = dropped.get(e.reason, 0) + 1
-    rows_read = len(records) + len(heldout_records or [])
-    counts = f"read {rows_read} rows, dropped {len(all_bad)} ({', '.join(f'{k}: {v}' for k, v in dropped.items()) or 'none'})"
-    if not pairs:
-        raise DataError(f"{source}: no usable pairs left in data set '{name}' (format {fmt}): {counts}")
-
-    seed = split_seed(seed_key)
-    stats: dict[str, Any] = {"source": source, "file_format": file_format, "format": fmt,
-                             "format_detected": detected, "rows_read": rows_read,
-                             "rows_valid": len(pairs) + len(held_pairs), "dropped": dropped,
-                             "dropped_total": len(all_bad), "split_seed": seed}
-    if heldout_records is not None:
-        if not held_pairs:
-            raise DataError(f"{source}: no usable pairs in held-out split '{spec.heldout_split}': {counts}")
-        train = list(pairs)
-        random.Random(seed).shuffle(train)
-        heldout = list(held_pairs)
-        random.Random(split_seed(f"{spec.hub}:{spec.heldout_split}")).shuffle(heldout)
-        heldout = heldout[:spec.heldout_size]
-        per_prompt: dict[str, int] = {}
-        for p in train:
-            per_prompt[_prompt_key(p.prompt)] = per_prompt.get(_prompt_key(p.prompt), 0) + 1
-        stats["heldout_from"] = f"split:{spec.heldout_split}"
-        # official splits are used as published; the overlap is reported, not removed
-        stats["heldout_prompts_in_train"] = sum(_prompt_key(p.prompt) in per_prompt for p in heldout)
-        stats["prompts_with_several_pairs"] = sum(1 for n in per_prompt.values() if n > 1)
-    else:
-        train, heldout, shared = _heldout_slice(pairs, spec.heldout_size, seed)
-        stats["heldout_from"] = "slice"
-        stats["prompts_with_several_pairs"] = shared
-        if not heldout:
-            raise DataError(f"{source}: cannot hold out pairs: every prompt has more than heldout_size="
-                            f"{spec.heldout_size} pairs; raise heldout_size")
-        if not train:
-            raise DataError(f"{source}: data set '{name}' has {len(pairs)} usable pairs and heldout_size="
-                            f"{spec.heldout_size} takes them all ({counts}); set heldout_size below {len(pairs)}")
-
-    stats["train_before_cap"] = len(train)
-    if spec.train_size is not None:
-        train = train[:spec.train_size]
-
-    n_flip = math.floor(spec.label_noise * len(train) + 0.5)  # round half up
-    flip = set(random.Random(split_seed("label-noise:" + seed_key)).sample(range(len(train)), n_flip))
-    train = [PreferencePair(p.prompt, p.rejected, p.chosen, {**p.meta, "flipped": True}) if i in flip
-             else PreferencePair(p.prompt, p.chosen, p.rejected, {**p.meta, "flipped": False})
-             for i, p in enumerate(train)]
-    stats.update(train=len(train), heldout=len(heldout), label_flipped=n_flip)
-    return LoadedData(train=train, heldout=heldout, stats=stats)
-
-
-__all__ = ["FORMATS", "REASONS", "LoadedData", "BadRow", "load_pairs", "parse_row", "detect_format",
-           "read_rows", "resolve_path", "split_seed"]
