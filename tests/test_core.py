@@ -67,7 +67,8 @@ def test_truncation_counts():
     assert d.prompts[0] == [3 + int(c) for c in "6789"]
     assert len(d.chosen[0]) == 4 and d.chosen[0] == [4] * 4
     assert d.rejected[0] == [5, tok.eos_token_id]
-    assert d.stats == {"input": 2, "prompt_truncated": 1, "response_truncated": 1, "dropped": 0, "kept": 2}
+    assert d.stats == {"input": 2, "prompt_truncated": 1, "response_truncated": 1, "dropped": 0, "kept": 2,
+                       "prompt_prefix_shortened": 0, "prompt_truncation": "keep_end"}
     # no room at all for the response: the pair is dropped and counted
     d2 = tokenize(ex, tok, max_length=4, max_prompt_length=4)
     assert d2.stats["dropped"] == 1 and d2.index == [1]

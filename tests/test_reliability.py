@@ -325,7 +325,7 @@ def test_every_pair_dropped_by_tokenization_is_a_clear_error(tmp_path, monkeypat
     the data set and the lengths to change, not with an IndexError from inside training."""
     import harness.data.tokenize as tokmod
 
-    monkeypatch.setattr(tokmod, "encode_response", lambda *a, **k: [])
+    monkeypatch.setattr(tokmod, "split_example", lambda tok, prompt, responses, *a, **k: ([5], [[]] * len(responses), 0))
     suite = data_suite(tmp_path, GOOD_ROWS)
     rc, out, err = cli("run", suite, "--results", tmp_path / "results", "--no-report")
     assert rc == 1

@@ -1,19 +1,37 @@
-"""Tokenize preference pairs once: prompt + chosen and prompt + rejected.
+"""Tokenize preference pairs once, exactly as TRL 1.16's ``DPOTrainer`` does, plus prompt truncation.
 
-The boundary between prompt and response is exact: with a chat template, the prompt is the
-template applied to the prompt messages with the generation prompt added, and the response
-is whatever the template adds after it for the assistant turn (end-of-turn tokens
-included); without one, the prompt is the plain text (with the tokenizer's usual special
-tokens, e.g. BOS) and the response is the response text followed by EOS. Only response
-tokens are scored.
+Per example (prompt P, responses R_1 = chosen, R_2 = rejected; one response for SFT data):
 
-Truncation: a prompt longer than ``max_prompt_length`` keeps its *last* tokens (the end of a
-dialogue is what the response answers); then a response that would overflow ``max_length``
-keeps its *first* tokens. A pair left with an empty response side is dropped. All three are
-counted in ``TokenizedData.stats``.
+1. **Encode** P alone and P + R_i whole. With a chat template (the tokenizer has one and the
+   model's ``chat_template`` is on): ``apply_chat_template(messages(P), add_generation_prompt=True)``
+   and ``apply_chat_template(messages(P) + [assistant R_i])``, so every marker (generation prompt,
+   end of turn, the newline after it) is where the template puts it. Without one: the plain
+   text of :mod:`harness.data.render` through ``tok(text)`` (the tokenizer's own special tokens,
+   e.g. BOS, included), the response text followed by the EOS token's text (unless it already
+   ends with it), as TRL does for its standard (non-conversational) rows.
+2. **Split** where the encodings diverge: the prompt is the common prefix of P's ids with every
+   P + R_i (the shortest), and R_i's tokens are the rest of P + R_i. Usually the prefix is all of
+   P; it is shorter when the last prompt token and the first response token merge (a generation
+   prompt ending in ``"\\n"`` followed by a response starting with ``"\\n"``, plain text ending
+   in a space) or when a template renders the prompt differently alone. TRL does the same
+   (``common_prefix_length``); what this cuts off the prompt belongs to the response tokens.
+3. **Truncate the prompt** on its own, after the split, so the response's tokens never depend on
+   it: ``prompt_truncation: keep_end`` (default) keeps its last ``max_prompt_length`` tokens (the
+   end of a dialogue, with the template's generation prompt, is what the response answers; TRL's
+   GRPO/RLOO trainers cut prompts the same way, ``ids[-max_prompt_length:]``); ``keep_start``
+   keeps its first ones (TRL < 1.0's DPO option; the generation prompt is then lost).
+4. **Cut the response** to fit ``max_length``: prompt + response keeps its first ``max_length``
+   tokens, as TRL's ``DataCollatorForPreference`` (``truncation_mode="keep_start"``) does. A pair
+   whose prompt alone fills ``max_length`` is dropped, as TRL drops it.
+
+Counts of truncated prompts and responses and of dropped pairs are in ``TokenizedData.stats``.
+Text is encoded before it is truncated, so transformers' "Token indices sequence length is
+longer than the specified maximum sequence length" warning would be shown for every long row;
+it does not apply (nothing longer than the limit reaches the model) and is silenced here.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -22,6 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from .pairs import PreferencePair
+from .render import examples_of, messages, plain_prompt, plain_response
+
+PROMPT_TRUNCATION = ("keep_end", "keep_start")
+# Bump when the algorithm changes: old cache entries must not be reused.
+_VERSION = "trl-1.16-split/2"
+_LENGTH_WARNING = "sequence-length-is-longer-than-the-specified-maximum"
 
 
 @dataclass
@@ -37,85 +61,153 @@ class TokenizedData:
         return len(self.prompts)
 
 
-def _messages(prompt) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-
-
 def has_chat_template(tok) -> bool:
     return bool(getattr(tok, "chat_template", None))
 
 
-def encode_prompt(tok, prompt, use_chat_template: bool = True) -> list[int]:
+@contextlib.contextmanager
+def no_length_warning(tok):
+    """Silence transformers' too-long-sequence warning for encodings truncated afterwards."""
+    flags = getattr(tok, "deprecation_warnings", None)
+    if flags is None:
+        yield
+        return
+    before = flags.get(_LENGTH_WARNING)
+    flags[_LENGTH_WARNING] = True
+    try:
+        yield
+    finally:
+        if before is None:
+            flags.pop(_LENGTH_WARNING, None)
+        else:
+            flags[_LENGTH_WARNING] = before
+
+
+def _chat_ids(tok, msgs: list[dict], generation_prompt: bool) -> list[int]:
+    out = tok.apply_chat_template(msgs, add_generation_prompt=generation_prompt, tokenize=True, return_dict=True)
+    return list(out["input_ids"])
+
+
+def _text_ids(tok, text: str) -> list[int]:
+    return list(tok(text=text)["input_ids"])
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def split_example(tok, prompt, responses: list[str], framing: str | None = None,
+                  use_chat_template: bool = True) -> tuple[list[int], list[list[int]], int]:
+    """Steps 1-2 of the module docstring: ``(prompt_ids, [response_ids, ...], n_cut)``,
+    untruncated; ``n_cut``: tokens of the prompt's own encoding left out of the split prompt."""
     if use_chat_template and has_chat_template(tok):
-        out = tok.apply_chat_template(_messages(prompt), add_generation_prompt=True, tokenize=True)
-        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
-    if not isinstance(prompt, str):
-        # A message list without a chat template: join the turns as plain text.
-        prompt = "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant: "
-    return list(tok(prompt, add_special_tokens=True)["input_ids"])
+        msgs = messages(prompt)
+        p = _chat_ids(tok, msgs, True)
+        fulls = [_chat_ids(tok, msgs + [{"role": "assistant", "content": r}], False) for r in responses]
+    else:
+        text = plain_prompt(prompt, framing)
+        eos = tok.eos_token or ""
+        p = _text_ids(tok, text)
+        fulls = []
+        for r in responses:
+            r = plain_response(r, prompt, framing)
+            fulls.append(_text_ids(tok, text + (r if r.endswith(eos) else r + eos)))
+    n = min(_common_prefix(p, f) for f in fulls)
+    return p[:n], [f[n:] for f in fulls], len(p) - n
 
 
-def encode_response(tok, prompt, prompt_ids: list[int], response: str, use_chat_template: bool = True) -> list[int]:
-    if use_chat_template and has_chat_template(tok):
-        msgs = _messages(prompt) + [{"role": "assistant", "content": response}]
-        out = tok.apply_chat_template(msgs, tokenize=True)
-        full = list(out["input_ids"] if hasattr(out, "keys") else out)
-        if full[: len(prompt_ids)] == prompt_ids:
-            return full[len(prompt_ids):]
-        # Templates that rewrite earlier turns (rare) fall back to the plain encoding.
-    ids = list(tok(response, add_special_tokens=False)["input_ids"])
-    return ids + [tok.eos_token_id]
+def truncate_prompt(ids: list[int], max_prompt_length: int, mode: str = "keep_end") -> list[int]:
+    """Step 3: at most ``max_prompt_length`` tokens, from the end (``keep_end``) or the start."""
+    if mode not in PROMPT_TRUNCATION:
+        raise ValueError(f"prompt_truncation {mode!r} is not one of {', '.join(PROMPT_TRUNCATION)}")
+    if len(ids) <= max_prompt_length:
+        return list(ids)
+    return list(ids[-max_prompt_length:] if mode == "keep_end" else ids[:max_prompt_length])
 
 
-def fingerprint(examples: list, tok, max_length: int, max_prompt_length: int, use_chat_template: bool) -> str:
+def _added_suffix(tok) -> list[int]:
+    """Special tokens the tokenizer appends to every text (ByT5's ``</s>``), else []."""
+    bare = list(tok("a", add_special_tokens=False)["input_ids"])
+    full = list(tok("a")["input_ids"])
+    for start in range(len(full) - len(bare) + 1):
+        if full[start:start + len(bare)] == bare:
+            return full[start + len(bare):]
+    return []
+
+
+def encode_prompt(tok, example, use_chat_template: bool = True, max_prompt_length: int | None = None,
+                  prompt_truncation: str = "keep_end") -> list[int]:
+    """The prompt as a model sees it before it answers (for generation): the template with its
+    generation prompt, or the plain text without any special token the tokenizer appends at
+    the end (an EOS there would read as "the conversation ended"). ``example``: a
+    :class:`PreferencePair` or a bare prompt (framing inferred). Truncated like step 3."""
+    prompt, framing = (example.prompt, example.framing) if isinstance(example, PreferencePair) else (example, None)
+    with no_length_warning(tok):
+        if use_chat_template and has_chat_template(tok):
+            ids = _chat_ids(tok, messages(prompt), True)
+        else:
+            ids = _text_ids(tok, plain_prompt(prompt, framing))
+            suffix = _added_suffix(tok)
+            if suffix and ids[-len(suffix):] == suffix:
+                ids = ids[:-len(suffix)]
+    return ids if max_prompt_length is None else truncate_prompt(ids, max_prompt_length, prompt_truncation)
+
+
+def fingerprint(examples: list, tok, max_length: int, max_prompt_length: int, use_chat_template: bool,
+                prompt_truncation: str = "keep_end") -> str:
     from ..models import tokenizer_fingerprint
 
-    h = hashlib.sha256()
-    for ex in examples:
-        if isinstance(ex, PreferencePair):
-            h.update(json.dumps([ex.prompt, ex.chosen, ex.rejected], ensure_ascii=False).encode())
-        else:
-            h.update(json.dumps(list(ex), ensure_ascii=False).encode())
+    h = hashlib.sha256(_VERSION.encode())
+    for prompt, responses, framing in examples_of(examples):
+        h.update(json.dumps([prompt, responses, framing], ensure_ascii=False).encode())
         h.update(b"\x00")
     h.update(tokenizer_fingerprint(tok).encode())
-    h.update(f"{max_length}/{max_prompt_length}/{use_chat_template}".encode())
+    h.update(f"{max_length}/{max_prompt_length}/{use_chat_template}/{prompt_truncation}".encode())
     return h.hexdigest()[:16]
 
 
-def tokenize(examples: list, tok, max_length: int, max_prompt_length: int,
-             use_chat_template: bool = True, cache_dir: Path | None = None) -> TokenizedData:
-    """``examples``: ``PreferencePair``s, or (prompt, response) tuples for SFT data."""
-    fp = fingerprint(examples, tok, max_length, max_prompt_length, use_chat_template)
+def tokenize(examples: list, tok, max_length: int, max_prompt_length: int, use_chat_template: bool = True,
+             cache_dir: Path | None = None, prompt_truncation: str = "keep_end") -> TokenizedData:
+    """``examples``: ``PreferencePair``s, or SFT examples (``SFTExample`` or ``(prompt,
+    response)`` tuples). See the module docstring for what is done to each."""
+    truncate_prompt([], 1, prompt_truncation)  # check the mode before any work
+    fp = fingerprint(examples, tok, max_length, max_prompt_length, use_chat_template, prompt_truncation)
     if cache_dir is not None:
         cached = _load_cache(Path(cache_dir) / f"tok-{fp}.npz")
         if cached is not None:
             return cached
     prompts, chosen, rejected, index = [], [], [], []
-    stats = {"input": len(examples), "prompt_truncated": 0, "response_truncated": 0, "dropped": 0}
-    for i, ex in enumerate(examples):
-        if isinstance(ex, PreferencePair):
-            prompt, responses = ex.prompt, [ex.chosen, ex.rejected]
-        else:
-            prompt, responses = ex[0], [ex[1]]
-        p = encode_prompt(tok, prompt, use_chat_template)
-        if len(p) > max_prompt_length:
-            p = p[-max_prompt_length:]
-            stats["prompt_truncated"] += 1
-        rs = []
-        for r in responses:
-            ids = encode_response(tok, prompt, p, r, use_chat_template)
+    stats = {"input": len(examples), "prompt_truncated": 0, "response_truncated": 0, "dropped": 0,
+             "prompt_prefix_shortened": 0, "prompt_truncation": prompt_truncation}
+    with no_length_warning(tok):
+        for i, (prompt, responses, framing) in enumerate(examples_of(examples)):
+            p, rs, n_cut = split_example(tok, prompt, responses, framing, use_chat_template)
+            stats["prompt_prefix_shortened"] += int(n_cut > 0)
+            if len(p) > max_prompt_length:
+                p = truncate_prompt(p, max_prompt_length, prompt_truncation)
+                stats["prompt_truncated"] += 1
             room = max_length - len(p)
-            if len(ids) > room:
-                ids = ids[: max(room, 0)]
-                stats["response_truncated"] += 1
-            rs.append(ids)
-        if any(len(r) == 0 for r in rs):
-            stats["dropped"] += 1
-            continue
-        prompts.append(p)
-        chosen.append(rs[0])
-        rejected.append(rs[1] if len(rs) > 1 else [])
-        index.append(i)
+            if room <= 0:
+                stats["dropped"] += 1
+                continue
+            cut = []
+            for ids in rs:
+                if len(ids) > room:
+                    ids = ids[:room]
+                    stats["response_truncated"] += 1
+                cut.append(ids)
+            if any(len(ids) == 0 for ids in cut):
+                stats["dropped"] += 1
+                continue
+            prompts.append(p)
+            chosen.append(cut[0])
+            rejected.append(cut[1] if len(cut) > 1 else [])
+            index.append(i)
     stats["kept"] = len(prompts)
     data = TokenizedData(prompts, chosen, rejected, index, stats, fp)
     if cache_dir is not None:
