@@ -140,7 +140,7 @@ def cmd_ls(args) -> int:
 
 
 # ------------------------------------------------------------------------- validate
-def _load(args):
+def _load(args, check_hub: bool = True):
     from . import config
 
     specs = getattr(args, "plugin", [])
@@ -159,7 +159,7 @@ def _load(args):
         if ref not in known:
             loaded.suite.plugins.append(ref)
             known.add(ref)
-    _check_data(loaded)
+    _check_data(loaded, check_hub)
     plan = config.expand(loaded)
     if getattr(args, "smoke", False):
         from .smoke import mark_plan
@@ -168,16 +168,19 @@ def _load(args):
     return loaded, plan
 
 
-def _check_data(loaded) -> None:
-    """Read and validate every local data file now, before anything is written: a bad row
-    is invalid input (exit 2, the file and row named), not a failure of each cell later.
-    Embedded tasks are checked by the suite validation; hub data sets are loaded by the
-    jobs (loading them here could mean a download)."""
+def _check_data(loaded, check_hub: bool = True) -> None:
+    """Read and validate every data file and hub data set now, before anything is written,
+    and print what was read and dropped: a bad row or an unreachable hub data set is invalid
+    input (exit 2, the file and row or the whole reason named), not a failure of each cell
+    later. A hub data set is downloaded into the local datasets cache here (the jobs then read
+    it from there); ``check_hub=False`` (``run --dry-run``) leaves hub data sets unchecked.
+    Embedded tasks are checked by the suite validation."""
     from .data.loading import load_dataset
+    from .data.realdata import describe_counts
 
     for d in loaded.suite.datasets:
-        if d.path:
-            load_dataset(d, loaded.base_dir)
+        if d.path or (d.hub and check_hub):
+            print(describe_counts(d.name, load_dataset(d, loaded.base_dir).stats, d.on_bad_rows), flush=True)
 
 
 def cmd_validate(args) -> int:
@@ -199,7 +202,7 @@ def cmd_run(args) -> int:
     from .launch.describe import describe_launch
     from .sweep import check_folder_names, check_results_root
 
-    loaded, plan = _load(args)
+    loaded, plan = _load(args, check_hub=not args.dry_run)
     suite = loaded.suite
     results_root = Path(args.results)
     suite_dir = results_root / suite.name

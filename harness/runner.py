@@ -230,6 +230,24 @@ def _require_pairs(tdata, data, what: str, spec) -> None:
                     f"max_prompt_length")
 
 
+def _report_drops(tdata, data, what: str, spec) -> None:
+    """One line on stderr when tokenization dropped examples (their prompt fills max_length):
+    the counts are in metrics.json / stage.json too, but a drop must not pass unseen."""
+    n = tdata.stats.get("dropped", 0)
+    if n:
+        print(f"data set {data.name!r}: tokenization dropped {n} of {tdata.stats.get('input', 0)} {what} "
+              f"(the prompt, cut to max_prompt_length {spec.max_prompt_length}, leaves no response token "
+              f"within max_length {spec.max_length})", file=sys.stderr, flush=True)
+
+
+def tiny_texts(data) -> list[str]:
+    """What a tiny model's tokenizer is built from: the rendered text of every prompt, chosen
+    and rejected response, train and held-out, and the SFT examples (harness.data.render)."""
+    from .data.render import plain_texts
+
+    return plain_texts(data.sft, data.train, data.heldout)
+
+
 def _quiet_threads() -> None:
     try:  # per-load progress bars drown the sweep's own progress
         from transformers.utils import logging as hf_logging
@@ -262,11 +280,12 @@ def _run_sft(suite_dir: Path, folder: Path, guard=None) -> dict:
     data = _stage_data(cfg)
     mspec, sft = cfg.model, cfg.sft
     seed = cfg.seed or 0
-    texts = [str(p) + r for p, r in data.sft] if mspec.tiny else None
+    texts = tiny_texts(data) if mspec.tiny else None
     model, tok = load_model(mspec, alphabet=data.alphabet, texts=texts, seed=seed)
     tdata = tokenize(data.sft, tok, sft.max_length, sft.max_prompt_length, mspec.chat_template,
-                     cache_dir=suite_dir / "_cache")
+                     cache_dir=suite_dir / "_cache", prompt_truncation=sft.prompt_truncation)
     _require_pairs(tdata, data, "SFT examples", sft)
+    _report_drops(tdata, data, "SFT examples", sft)
     res = train(model, tdata, SFTObjective(), sft, seed, folder, tokenizer=tok, desc=f"sft {folder.name}",
                 on_step=guard)
     if _rank()[0] != 0:
@@ -321,7 +340,7 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
                 raise StageDamaged(stage_damaged(stage_dir, f"{stage_dir / 'model'} cannot be loaded: "
                                                             f"{type(e).__name__}: {e}")) from e
     else:
-        texts = [str(p) + r for p, r in data.sft] if mspec.tiny else None
+        texts = tiny_texts(data) if mspec.tiny else None
 
         def init():
             return load_model(mspec, alphabet=data.alphabet, texts=texts, seed=0)
@@ -339,9 +358,10 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
     counters: dict = {}
     t_train = 0.0
     tdata = tokenize(data.train, tok, tspec.max_length, tspec.max_prompt_length, mspec.chat_template,
-                     cache_dir=suite_dir / "_cache")
+                     cache_dir=suite_dir / "_cache", prompt_truncation=tspec.prompt_truncation)
     if method is not None:  # None: the "sft" pseudo-method evaluates the SFT checkpoint as it is
         _require_pairs(tdata, data, "training pairs", tspec)
+        _report_drops(tdata, data, "training pairs", tspec)
         ref_loader = (lambda: init()[0]) if method.needs else None
         features = Features(method, tdata, ref_loader=ref_loader,
                             cache_dir=(suite_dir / "_cache") if tspec.reference_cache else None,
@@ -369,10 +389,11 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
         metrics.update(evaluate_policy(policy, ref_model, tok, data, method, espec, folder, seed,
                                        chat_template=mspec.chat_template, max_length=tspec.max_length,
                                        max_prompt_length=tspec.max_prompt_length, trained=method is not None,
+                                       prompt_truncation=tspec.prompt_truncation,
                                        cache_dir=suite_dir / "_cache", ref_id=stage_info.get("weights_fingerprint")))
         metrics["cost/eval_wall_s"] = round(time.time() - t0, 3)
     if method is not None and "token_weights" in method.needs:
-        _write_importance_examples(policy, init, tok, data, method, folder, tspec)
+        _write_importance_examples(policy, init, tok, data, method, folder, tspec, mspec.chat_template)
     n_params = param_count(policy)
     metrics.update({
         "cost/train_wall_s": round(t_train, 3),
@@ -414,9 +435,11 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
 TRAIN_MEANS = ("weights/chosen_mean", "weights/rejected_mean", "margin/scale")
 
 
-def _write_importance_examples(policy, init, tok, data, method, folder: Path, tspec, n: int = 4) -> None:
+def _write_importance_examples(policy, init, tok, data, method, folder: Path, tspec, chat_template: bool,
+                               n: int = 4) -> None:
     """token_importance.json: the weights TI-DPO gives the tokens of a few held-out pairs
-    (for the report's figures), from the same source model and settings the training used."""
+    (for the report's figures), from the same source model and settings the training used,
+    tokenized as the training was (the model's chat-template setting, the same truncation)."""
     from methods.feature_specs import spec_for
 
     from .core.features import prompt_specials, strip_specials
@@ -424,7 +447,8 @@ def _write_importance_examples(policy, init, tok, data, method, folder: Path, ts
     from .data.tokenize import tokenize
     from .results import atomic_write_json
 
-    td = tokenize(data.heldout[:n], tok, tspec.max_length, tspec.max_prompt_length)
+    td = tokenize(data.heldout[:n], tok, tspec.max_length, tspec.max_prompt_length, chat_template,
+                  prompt_truncation=tspec.prompt_truncation)
     if not len(td):
         return
     wspec, pspec = spec_for(method, "token_weights"), spec_for(method, "prompt")

@@ -44,7 +44,8 @@ def _mean(xs) -> float:
 
 def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Path, seed: int, *,
                     chat_template: bool = True, max_length: int = 512, max_prompt_length: int = 256,
-                    trained: bool = True, cache_dir: Path | None = None, ref_id: str | None = None) -> dict[str, Any]:
+                    trained: bool = True, cache_dir: Path | None = None, ref_id: str | None = None,
+                    prompt_truncation: str = "keep_end") -> dict[str, Any]:
     """``trained=False`` (the SFT row: policy is the reference) leaves out the metrics that
     compare the policy with itself. ``cache_dir`` + ``ref_id`` cache the reference's greedy
     answers, which every cell of a stage shares."""
@@ -54,7 +55,11 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
     m: dict[str, Any] = {}
     pad, eos = tok.pad_token_id, tok.eos_token_id
     held = data.heldout[: spec.heldout_pairs] if spec.heldout_pairs else data.heldout
-    td = tokenize(held, tok, max_length, max_prompt_length, chat_template)
+    td = tokenize(held, tok, max_length, max_prompt_length, chat_template, prompt_truncation=prompt_truncation)
+
+    def prompt_ids(pair) -> list[int]:  # what the model sees before it answers, cut as in training
+        return encode_prompt(tok, pair, chat_template, max_prompt_length, prompt_truncation)
+
     bs = spec.batch_size
     if len(td) and trained:
         pc = sequence_logps(policy, td.prompts, td.chosen, pad, bs, device)
@@ -80,7 +85,7 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
     (Path(out_dir) / "samples.jsonl").unlink(missing_ok=True)  # a re-evaluation starts afresh
     samples = JsonlWriter(Path(out_dir) / "samples.jsonl")
     if gen_prompts:
-        pids = [encode_prompt(tok, p.prompt, chat_template)[-max_prompt_length:] for p in gen_prompts]
+        pids = [prompt_ids(p) for p in gen_prompts]
         outs = generate(policy, pids, pad_id=pad, eos_id=eos, max_new_tokens=spec.max_new_tokens, batch_size=bs)
         base = _reference_answers(ref, pids, pad, eos, spec, bs, cache_dir, ref_id)
         texts = [tok.decode(o, skip_special_tokens=True) for o in outs]
@@ -115,8 +120,7 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
             samples.write(rec)
     torch.manual_seed(seed + 7919)  # sampled metrics are reproducible per cell
     if spec.kl_samples and held:
-        kp = [encode_prompt(tok, held[i % len(held)].prompt, chat_template)[-max_prompt_length:]
-              for i in range(spec.kl_samples)]
+        kp = [prompt_ids(held[i % len(held)]) for i in range(spec.kl_samples)]
         ys = generate(policy, kp, pad_id=pad, eos_id=eos, max_new_tokens=spec.max_new_tokens, do_sample=True,
                       temperature=spec.temperature, batch_size=bs)
         keep = [(p, y) for p, y in zip(kp, ys) if y]
@@ -126,7 +130,7 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
             record_item_mean(m, "kl/policy_ref", [(a - b).sum().item() for a, b in zip(lp, lr_)])
     if spec.diversity_prompts and held:
         dp = held[: spec.diversity_prompts]
-        pids = [encode_prompt(tok, p.prompt, chat_template)[-max_prompt_length:] for p in dp]
+        pids = [prompt_ids(p) for p in dp]
         ys = generate(policy, pids, pad_id=pad, eos_id=eos, max_new_tokens=spec.max_new_tokens, do_sample=True,
                       temperature=spec.temperature, top_p=spec.top_p, num_return_sequences=spec.samples_per_prompt,
                       batch_size=bs)

@@ -289,6 +289,7 @@ def _cell_row(entry: dict, notes: list[str]) -> tuple[dict, dict[str, float]]:
         "fault_step": status.get("step") if entry["state"] == "failed" else None,
         "last_metrics": status.get("last_metrics") if entry["state"] == "failed" else None,
         "updated": str(status.get("updated") or ""),
+        "data_note": _data_drop_note(metrics),  # not a column: collected into the report's notes
     }
     row.update(_provenance(d, cfg))
     values = {}
@@ -323,6 +324,20 @@ def _provenance(d: Path, cfg: dict) -> dict:
         "sft_per_seed": bool(isinstance(sft, dict) and sft.get("enabled", True)
                              and sft.get("per_seed") is True),
     }
+
+
+def _data_drop_note(metrics: dict) -> str | None:
+    """A line for the report when the cell's data lost rows (bad rows dropped by
+    ``on_bad_rows: drop``) or pairs (dropped by tokenization), else None."""
+    ds, tk = metrics.get("data/stats"), metrics.get("data/tokenization")
+    ds, tk = ds if isinstance(ds, dict) else {}, tk if isinstance(tk, dict) else {}
+    bad, cut = ds.get("dropped_total") or 0, tk.get("dropped") or 0
+    if not bad and not cut:
+        return None
+    why = ", ".join(f"{k} {v}" for k, v in sorted((ds.get("dropped") or {}).items()))
+    return (f"data set {metrics.get('dataset')!r}: {bad} of {ds.get('rows_read', '?')} rows dropped as bad"
+            f"{' (' + why + ')' if why else ''}; tokenization dropped {cut} of {tk.get('input', '?')} "
+            f"training pairs (prompt filling max_length)")
 
 
 def _curves(entry: dict, row: dict, notes: list[str]) -> list[dict]:
@@ -372,6 +387,7 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
             ex = _read_token_importance(p, notes)
             if ex is not None:
                 ti[row["cell_id"]] = ex
+    notes.extend(sorted({r["data_note"] for r in rows if r.get("data_note")}))
     metric_cols = sorted({k for v in values for k in v})
     cells = pd.DataFrame(rows, columns=ID_COLUMNS + ["hparams", "reason", "fault_step",
                                                      "last_metrics", "updated"]
