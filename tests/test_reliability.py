@@ -316,7 +316,8 @@ def test_dropped_rows_and_truncated_prompts_are_counted_in_metrics(tmp_path):
     # each prompt is 50+ characters (one token each) > max_prompt_length 16; the responses
     # (<= 2 digits + EOS) fit in the 16 tokens left of max_length 32
     assert m["data/tokenization"] == {"input": 8, "prompt_truncated": 8, "response_truncated": 0,
-                                      "dropped": 0, "kept": 8}
+                                      "dropped": 0, "kept": 8, "prompt_prefix_shortened": 0,
+                                      "prompt_truncation": "keep_end"}
 
 
 def test_every_pair_dropped_by_tokenization_is_a_clear_error(tmp_path, monkeypatch):
