@@ -283,7 +283,7 @@ def _run_sft(suite_dir: Path, folder: Path, guard=None) -> dict:
     texts = tiny_texts(data) if mspec.tiny else None
     model, tok = load_model(mspec, alphabet=data.alphabet, texts=texts, seed=seed)
     tdata = tokenize(data.sft, tok, sft.max_length, sft.max_prompt_length, mspec.chat_template,
-                     cache_dir=suite_dir / "_cache", prompt_truncation=sft.prompt_truncation)
+                     cache_dir=suite_dir / "_cache")
     _require_pairs(tdata, data, "SFT examples", sft)
     _report_drops(tdata, data, "SFT examples", sft)
     res = train(model, tdata, SFTObjective(), sft, seed, folder, tokenizer=tok, desc=f"sft {folder.name}",
@@ -358,7 +358,7 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
     counters: dict = {}
     t_train = 0.0
     tdata = tokenize(data.train, tok, tspec.max_length, tspec.max_prompt_length, mspec.chat_template,
-                     cache_dir=suite_dir / "_cache", prompt_truncation=tspec.prompt_truncation)
+                     cache_dir=suite_dir / "_cache")
     if method is not None:  # None: the "sft" pseudo-method evaluates the SFT checkpoint as it is
         _require_pairs(tdata, data, "training pairs", tspec)
         _report_drops(tdata, data, "training pairs", tspec)
@@ -389,7 +389,6 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
         metrics.update(evaluate_policy(policy, ref_model, tok, data, method, espec, folder, seed,
                                        chat_template=mspec.chat_template, max_length=tspec.max_length,
                                        max_prompt_length=tspec.max_prompt_length, trained=method is not None,
-                                       prompt_truncation=tspec.prompt_truncation,
                                        cache_dir=suite_dir / "_cache", ref_id=stage_info.get("weights_fingerprint")))
         metrics["cost/eval_wall_s"] = round(time.time() - t0, 3)
     if method is not None and "token_weights" in method.needs:
@@ -447,8 +446,7 @@ def _write_importance_examples(policy, init, tok, data, method, folder: Path, ts
     from .data.tokenize import tokenize
     from .results import atomic_write_json
 
-    td = tokenize(data.heldout[:n], tok, tspec.max_length, tspec.max_prompt_length, chat_template,
-                  prompt_truncation=tspec.prompt_truncation)
+    td = tokenize(data.heldout[:n], tok, tspec.max_length, tspec.max_prompt_length, chat_template)
     if not len(td):
         return
     wspec, pspec = spec_for(method, "token_weights"), spec_for(method, "prompt")

@@ -125,10 +125,8 @@ class TrainSpec:
     schedule: Literal["constant", "linear", "cosine"] = f("constant", "schedule after warmup")
     max_grad_norm: Optional[float] = f(1.0, "clip the gradient norm; null disables", POS)
     max_length: int = f(512, "longest prompt + response in tokens", POS)
-    max_prompt_length: int = f(256, "prompts longer than this are cut (see prompt_truncation)", POS)
-    prompt_truncation: Literal["keep_end", "keep_start"] = f(
-        "keep_end", "which tokens a prompt over max_prompt_length keeps: keep_end (its last ones, with the "
-        "template's generation prompt; TRL's prompt truncation) or keep_start; the response's tokens never change")
+    max_prompt_length: int = f(256, "prompts longer than this keep their last tokens (with the template's "
+                                    "generation prompt); the response's tokens never change", POS)
     precision: Literal["auto", "fp32", "bf16"] = f("auto", "auto = bf16 on GPU, fp32 on CPU")
     checkpoint_every: int = f(50, "save a resumable checkpoint every N steps (0: only at the end)", NONNEG)
     keep_checkpoints: int = f(1, "checkpoints kept on disk (oldest removed)", POS)

@@ -16,10 +16,11 @@ Per example (prompt P, responses R_1 = chosen, R_2 = rejected; one response for 
    in a space) or when a template renders the prompt differently alone. TRL does the same
    (``common_prefix_length``); what this cuts off the prompt belongs to the response tokens.
 3. **Truncate the prompt** on its own, after the split, so the response's tokens never depend on
-   it: ``prompt_truncation: keep_end`` (default) keeps its last ``max_prompt_length`` tokens (the
-   end of a dialogue, with the template's generation prompt, is what the response answers; TRL's
-   GRPO/RLOO trainers cut prompts the same way, ``ids[-max_prompt_length:]``); ``keep_start``
-   keeps its first ones (TRL < 1.0's DPO option; the generation prompt is then lost).
+   it: ``prompt_truncation="keep_end"`` (what suites use) keeps its last ``max_prompt_length``
+   tokens (the end of a dialogue, with the template's generation prompt, is what the response
+   answers; TRL's GRPO/RLOO trainers cut prompts the same way, ``ids[-max_prompt_length:]``);
+   ``"keep_start"`` keeps its first ones (TRL < 1.0's DPO option; the generation prompt is then
+   lost). It is an argument here, not a suite key: a new key would change every cell id.
 4. **Cut the response** to fit ``max_length``: prompt + response keeps its first ``max_length``
    tokens, as TRL's ``DataCollatorForPreference`` (``truncation_mode="keep_start"``) does. A pair
    whose prompt alone fills ``max_length`` is dropped, as TRL drops it.
