@@ -450,6 +450,9 @@ def test_hub_with_heldout_split(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # no reachability check
+    import harness.data.hub as data_hub
+
+    monkeypatch.setattr(data_hub, "_maybe_cached", lambda hub: True)  # "in the local cache"
     data = load_pairs(spec(hub="org/hh", heldout_split="test", heldout_size=10, format="hh-rlhf"))
     assert calls == [("org/hh", "train"), ("org/hh", "test")]
     assert sorted(p.prompt for p in data.train) == [f"q{i}" for i in range(6)]
@@ -457,6 +460,18 @@ def test_hub_with_heldout_split(monkeypatch):
     assert {p.meta["split"] for p in data.heldout} == {"test"} and data.train[0].meta["source"] == "org/hh"
     assert data.stats["heldout_from"] == "split:test" and data.stats["heldout_prompts_in_train"] == 1
     assert data.stats["rows_read"] == 11
+
+
+def test_offline_hub_data_not_in_either_cache_fails_without_importing_datasets(tmp_path, monkeypatch):
+    from harness.data.hub import _maybe_cached
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "ds"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert not _maybe_cached("Anthropic/hh-rlhf")
+    (tmp_path / "ds" / "anthropic___hh-rlhf").mkdir(parents=True)  # datasets' own cache folder
+    assert _maybe_cached("Anthropic/hh-rlhf") and not _maybe_cached("Anthropic/other")
+    (tmp_path / "hub" / "datasets--org--x").mkdir(parents=True)  # huggingface_hub's cache folder
+    assert _maybe_cached("org/x")
 
 
 def test_hub_unreachable_fails_fast_with_a_fix(monkeypatch):

@@ -10,6 +10,7 @@ failed cell folders.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 from harness.errors import UserError
@@ -67,11 +68,35 @@ def _offline_libraries(offline: bool):
         hc.HF_HUB_OFFLINE, dc.HF_HUB_OFFLINE = saved
 
 
+_OFFLINE_WHY = "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the local cache"
+
+
+def _maybe_cached(hub: str) -> bool:
+    """Whether the local caches hold anything for hub data set ``hub`` (datasets' own cache,
+    ``<org>___<name>``, or the hub cache, ``datasets--<org>--<name>``), looked up without
+    importing datasets: offline, a data set that is in neither cannot load, and saying so
+    keeps ``validate`` light (no datasets, torch or pyarrow import)."""
+    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    roots = {Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets"): hub.replace("/", "___"),
+             Path(os.environ.get("HF_HUB_CACHE") or home / "hub"): "datasets--" + hub.replace("/", "--")}
+    for root, folder in roots.items():
+        try:
+            if any(p.name.lower() == folder.lower() for p in root.iterdir()):
+                return True
+        except OSError:  # no such cache folder
+            continue
+    return False
+
+
 def load_hub_split(hub: str, split: str, name: str) -> list[dict]:
     """The rows of one split of hub data set ``hub`` (``name``: the suite's name for it, for
     messages). Raises UserError, with the reason and the fix, when it cannot be had."""
     offline = hub_offline()
-    if not offline and not Path(hub).exists():
+    local = Path(hub).exists()
+    if offline and not local and not _maybe_cached(hub):
+        raise UserError(problems=[f"data set '{name}': cannot load hub data set '{hub}' split '{split}': "
+                                  f"{_OFFLINE_WHY}", _hub_fix(hub, split)])
+    if not offline and not local:
         _check_hub_reachable(hub, name, split)
     import datasets
 
@@ -79,8 +104,7 @@ def load_hub_split(hub: str, split: str, name: str) -> list[dict]:
         with _offline_libraries(offline):
             ds = datasets.load_dataset(hub, split=split)
     except Exception as e:  # datasets raises ConnectionError, FileNotFoundError, ValueError (split), ...
-        why = "offline mode is on (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE) and it is not in the local cache" \
-            if offline else f"{type(e).__name__}"
+        why = _OFFLINE_WHY if offline else f"{type(e).__name__}"
         raise UserError(problems=[
             f"data set '{name}': cannot load hub data set '{hub}' split '{split}': {why}: {str(e)[:300]}",
             _hub_fix(hub, split)]) from None
