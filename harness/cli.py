@@ -160,47 +160,94 @@ def _check_data(loaded) -> None:
             load_dataset(d, loaded.base_dir)
 
 
-def cmd_validate(args) -> int:
+def _describe(plan, results_root: Path) -> str:
+    """The plan in words; a tuned suite's second phase (finals) too."""
     from . import config
 
+    text = config.describe_plan(plan, results_root)
+    if plan.tuned:
+        from .tuning import describe_finals
+
+        text += "\n" + "\n".join(describe_finals(plan, results_root))
+    return text
+
+
+def cmd_validate(args) -> int:
     loaded, plan = _load(args)
     print(f"{args.suite}: valid")
-    print(config.describe_plan(plan, Path(args.results)))
+    print(_describe(plan, Path(args.results)))
     return 0
 
 
 # ------------------------------------------------------------------------------ run
 def cmd_run(args) -> int:
     from . import config
-    from .launch import Job, format_summary, launch
     from .paths import slurm_profile
     from .results import read_status
-    from .runner import materialize, run_job
+    from .runner import materialize
 
     loaded, plan = _load(args)
     suite = loaded.suite
     results_root = Path(args.results)
     suite_dir = results_root / suite.name
     if args.dry_run:
-        print(config.describe_plan(plan, results_root))
+        print(_describe(plan, results_root))
         return 0
     suite.launcher = config.launcher_overrides(suite.launcher, type=args.launcher, workers=args.workers)
     _check_runnable(plan)
     profile = None
     if suite.launcher.type == "slurm":  # the same lookup as validate's (harness.paths)
         profile = slurm_profile(suite.launcher.slurm_profile, loaded.base_dir)
-    config.check_written_configs([(suite_dir / "_sft" / s.stage_id, config.StageConfig) for s in plan.sft_stages]
-                                 + [(suite_dir / c.cell_id, config.CellConfig) for c in plan.cells])
+    _check_written(plan, suite_dir)
     materialize(plan, suite_dir, Path(loaded.path).read_text() if getattr(loaded, "path", None) else None)
+    t0 = time.time()
+    failed, skipped_failed = _run_phase(plan, suite_dir, args, profile)
+    cells = list(plan.cells)
+    if plan.tuned:  # phase 2: choose each method's setting on dev, then its final seeds on test
+        from .tuning import finals_plan
+
+        finals, sel = finals_plan(plan, suite_dir)
+        print(f"tuning: settings chosen on dev by {sel.metric} ({suite_dir / '_tuning' / 'selection.json'}):")
+        print("\n".join(sel.summary()))
+        if finals.cells:
+            _check_written(finals, suite_dir)
+            materialize(finals, suite_dir)
+            f2, s2 = _run_phase(finals, suite_dir, args, profile, phase="finals")
+            failed, skipped_failed, cells = failed + f2, skipped_failed + s2, cells + finals.cells
+    print(f"finished in {time.time() - t0:.1f}s")
+    if not args.no_report and any(read_status(suite_dir / c.cell_id)["state"] == "done" for c in cells):
+        from .report import build_report
+
+        out = build_report(suite_dir)
+        print(f"report: {out}")
+    return 1 if failed or skipped_failed else 0
+
+
+def _check_written(plan, suite_dir: Path) -> None:
+    from . import config
+
+    config.check_written_configs(
+        [(suite_dir / "_sft" / s.stage_id, config.StageConfig) for s in plan.sft_stages]
+        + [(suite_dir / "_onpolicy" / s.stage_id, config.OnPolicyStageConfig) for s in plan.onpolicy_stages]
+        + [(suite_dir / c.cell_id, config.CellConfig) for c in plan.cells])
+
+
+def _run_phase(plan, suite_dir: Path, args, profile, phase: str = "") -> tuple[list, list]:
+    """Launch every stage and cell of ``plan`` that is not done (failed cells only with
+    ``--retry-failed``); (failed outcomes, failed cells skipped)."""
+    from .launch import Job, format_summary, launch
+    from .results import read_status
+    from .runner import run_job
+
+    suite = plan.suite
     jobs = []
     states = {}
-    for s in plan.sft_stages:
-        st = read_status(suite_dir / "_sft" / s.stage_id)["state"]
-        states[s.stage_id] = st
-        if st != "done":
-            jobs.append(Job(name=s.stage_id, fn=run_job, args=(str(suite_dir.resolve()), "sft", s.stage_id),
-                            kwargs={"retry_failed": True}, stage="sft", resources="sft",
-                            log_hint=str(suite_dir / "_sft" / s.stage_id)))
+    for kind, stages, res in (("sft", plan.sft_stages, "sft"), ("onpolicy", plan.onpolicy_stages, "sft")):
+        for s in stages:
+            folder = suite_dir / ("_sft" if kind == "sft" else "_onpolicy") / s.stage_id
+            if read_status(folder)["state"] != "done":
+                jobs.append(Job(name=s.stage_id, fn=run_job, args=(str(suite_dir.resolve()), kind, s.stage_id),
+                                kwargs={"retry_failed": True}, stage=kind, resources=res, log_hint=str(folder)))
     skipped_failed = []
     for c in plan.cells:
         st = read_status(suite_dir / c.cell_id)["state"]
@@ -214,9 +261,11 @@ def cmd_run(args) -> int:
                         kwargs={"retry_failed": True}, stage="cell", resources="cell",
                         log_hint=str(suite_dir / c.cell_id)))
     done = sum(1 for c in plan.cells if states[c.cell_id] == "done")
-    print(f"suite {suite.name}: {len(plan.cells)} cells ({done} done, {len(skipped_failed)} failed and skipped"
+    n_stages = sum(1 for j in jobs if j.stage != "cell")
+    what = f"{phase}: " if phase else (f"phase 1 (trials and untuned rows): " if plan.tuned else "")
+    print(f"suite {suite.name}: {what}{len(plan.cells)} cells ({done} done, {len(skipped_failed)} failed and skipped"
           f"{' - rerun with --retry-failed' if skipped_failed else ''}), "
-          f"{sum(1 for j in jobs if j.stage == 'sft')} SFT stages and "
+          f"{n_stages} stages (SFT, on-policy samples) and "
           f"{sum(1 for j in jobs if j.stage == 'cell')} cells to run on {suite.launcher.type}; results in {suite_dir}")
     t0 = time.time()
     outcomes = []
@@ -226,7 +275,7 @@ def cmd_run(args) -> int:
     _record_hard_failures(outcomes, {j.name: Path(j.log_hint) for j in jobs})
     failed = [o for o in outcomes if not o.ok or (isinstance(o.result, dict) and o.result.get("state") == "failed")]
     locked = [o.name for o in outcomes if o.ok and isinstance(o.result, dict) and o.result.get("state") == "locked"]
-    print(f"finished in {time.time() - t0:.1f}s: {len(outcomes) - len(failed)} ok, {len(failed)} failed")
+    print(f"{what}finished in {time.time() - t0:.1f}s: {len(outcomes) - len(failed)} ok, {len(failed)} failed")
     if locked:
         print(f"{len(locked)} skipped: another process holds their lock and is running them "
               f"(rerun, or `report`, once it is done): {', '.join(locked)}")
@@ -234,12 +283,7 @@ def cmd_run(args) -> int:
         print(format_summary(outcomes), file=sys.stderr)
         print("each failed cell's folder holds `status` (reason, step, last finite metrics) and "
               "`error.txt` (traceback); fix the cause, then rerun with --retry-failed", file=sys.stderr)
-    if not args.no_report and any(read_status(suite_dir / c.cell_id)["state"] == "done" for c in plan.cells):
-        from .report import build_report
-
-        out = build_report(suite_dir)
-        print(f"report: {out}")
-    return 1 if failed or skipped_failed else 0
+    return failed, skipped_failed
 
 
 def _record_hard_failures(outcomes, folders: dict) -> None:

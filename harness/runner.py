@@ -40,6 +40,7 @@ def materialize(plan, suite_dir: Path, suite_text: str | None = None) -> None:
     suite_dir = Path(suite_dir)
     suite_dir.mkdir(parents=True, exist_ok=True)
     items = [(suite_dir / "_sft" / s.stage_id, s.config) for s in plan.sft_stages]
+    items += [(suite_dir / "_onpolicy" / s.stage_id, s.config) for s in plan.onpolicy_stages]
     items += [(suite_dir / c.cell_id, {**c.config, "cell_id": c.cell_id, "sft_stage": c.sft_stage_id})
               for c in plan.cells]
     # Two `harness run` on the same results: without the lock, one could read "new", the
@@ -62,13 +63,14 @@ def _rank() -> tuple[int, int]:
 
 
 def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False) -> dict:
-    """Entry point of every launcher. ``kind`` is "sft" or "cell".
+    """Entry point of every launcher. ``kind`` is "sft", "onpolicy" (a sample stage) or "cell".
 
     Under a distributed launch (several processes per cell, e.g. one per GPU) every rank
     trains, but only rank 0 takes the lock, writes status and results, and evaluates."""
     _quiet_threads()
     suite_dir = Path(suite_dir)
-    folder = suite_dir / "_sft" / job_id if kind == "sft" else suite_dir / job_id
+    folder = suite_dir / STAGE_DIRS[kind] / job_id if kind in STAGE_DIRS else suite_dir / job_id
+    run = {"sft": _run_sft, "onpolicy": _run_onpolicy}.get(kind, _run_cell)
     from .results import CellLock, read_status, write_status
 
     rank, world = _rank()
@@ -76,7 +78,7 @@ def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False) 
         st = read_status(folder)
         if st["state"] == "done" or (st["state"] == "failed" and not retry_failed):
             return {"state": st["state"], "id": job_id, "skipped": True}
-        (_run_sft if kind == "sft" else _run_cell)(suite_dir, folder)
+        run(suite_dir, folder)
         return {"state": "done", "id": job_id, "rank": rank}
 
     if kind == "cell":
@@ -95,10 +97,7 @@ def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False) 
                      slurm_job=os.environ.get("SLURM_JOB_ID"))
         t0 = time.time()
         try:
-            if kind == "sft":
-                out = _run_sft(suite_dir, folder)
-            else:
-                out = _run_cell(suite_dir, folder)
+            out = run(suite_dir, folder)
         except BaseException as e:  # noqa: BLE001 - recorded, then re-raised
             from .core.train import NumericalFault
 
@@ -118,6 +117,15 @@ def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False) 
         return {"state": "done", "id": job_id, **(out or {})}
     finally:
         lock.release()
+
+
+STAGE_DIRS = {"sft": "_sft", "onpolicy": "_onpolicy"}  # where each kind of stage keeps its folders
+
+
+def _run_onpolicy(suite_dir: Path, folder: Path) -> dict:
+    from .data.onpolicy import run_stage
+
+    return run_stage(suite_dir, folder) if _rank()[0] == 0 else {}
 
 
 # ``.<name>.<pid>.<8 hex>.tmp``: the temp file of an atomic write (harness.results)
@@ -142,22 +150,22 @@ def _wait_for_stage(suite_dir: Path, folder: Path, poll_s: float = 1.0) -> None:
     from .results import lock_info, read_status
 
     try:
-        sid = load_cell_config(folder).sft_stage
+        cfg = load_cell_config(folder)
     except UserError:  # missing or invalid: the job itself reports it, with its status
         return
-    if not sid:
-        return
-    stage = suite_dir / "_sft" / sid
-    told = False
-    while read_status(stage)["state"] not in ("done", "failed"):
-        holder = lock_info(stage)
-        if holder is None or holder.get("stale"):
-            return  # nobody is training it: the cell reports the stage's state itself
-        if not told:
-            print(f"{folder.name}: waiting for SFT stage {sid}, which host {holder.get('host')} "
-                  f"pid {holder.get('pid')} is training", file=sys.stderr, flush=True)
-            told = True
-        time.sleep(poll_s)
+    for what, sid, stage in (("SFT stage", cfg.sft_stage, suite_dir / "_sft" / str(cfg.sft_stage)),
+                             ("on-policy stage", cfg.onpolicy_stage,
+                              suite_dir / "_onpolicy" / str(cfg.onpolicy_stage))):
+        told = False
+        while sid and read_status(stage)["state"] not in ("done", "failed"):
+            holder = lock_info(stage)
+            if holder is None or holder.get("stale"):
+                break  # nobody is running it: the cell reports the stage's state itself
+            if not told:
+                print(f"{folder.name}: waiting for {what} {sid}, which host {holder.get('host')} "
+                      f"pid {holder.get('pid')} is running", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(poll_s)
 
 
 def _require_pairs(tdata, data, what: str, spec) -> None:
@@ -241,7 +249,10 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
     if _rank()[0] == 0:
         atomic_write_json(folder / "env.json", env_info())
     mspec, tspec, espec, seed = cfg.model, cfg.train, cfg.eval, cfg.seed
-    data = _stage_data(cfg)
+    from .data.onpolicy import training_examples
+
+    data = _stage_data(cfg).scored_on(cfg.split)  # a tuning trial is scored on the dev split
+    train_pairs, data_metrics = training_examples(cfg, data, suite_dir)
     stage_dir = suite_dir / "_sft" / cfg.sft_stage if cfg.sft_stage else None
     stage_info: dict = {}
     if stage_dir is not None:
@@ -272,7 +283,7 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
     train_res = None
     counters: dict = {}
     t_train = 0.0
-    tdata = tokenize(data.train, tok, tspec.max_length, tspec.max_prompt_length, mspec.chat_template,
+    tdata = tokenize(train_pairs, tok, tspec.max_length, tspec.max_prompt_length, mspec.chat_template,
                      cache_dir=suite_dir / "_cache")
     if method is not None:  # None: the "sft" pseudo-method evaluates the SFT checkpoint as it is
         _require_pairs(tdata, data, "training pairs", tspec)
@@ -292,6 +303,7 @@ def _run_cell(suite_dir: Path, folder: Path) -> dict:
     metrics: dict[str, Any] = {
         "cell_id": folder.name, "suite": cfg.suite, "model": mspec.name, "dataset": data.name,
         "method": cfg.method.name, "label": cfg.method.label, "seed": seed, "hparams": cfg.method.hparams,
+        **({"split": cfg.split} if cfg.tuning else {}), **data_metrics,
     }
     if espec.enabled:
         from .evaluate.policy import evaluate_policy

@@ -87,5 +87,5 @@ def mark_plan(plan) -> None:
     ``config.yaml``); ids are already computed and do not change."""
     for c in plan.cells:
         c.config["smoke"] = True
-    for st in plan.sft_stages:
+    for st in plan.sft_stages + plan.onpolicy_stages:
         st.config["smoke"] = True

@@ -5,11 +5,14 @@ How a run goes:
 1. The code is snapshotted (``harness/`` and ``methods/`` copied to ``<work_dir>/snapshot/<stamp>``)
    and every job puts that copy first on its import path (``snapshot_setup``), so jobs that wait
    in the queue, or are requeued days later, run the code as it was at submission.
-2. The SFT jobs go in as one array, the cell jobs as another submitted right away with
-   ``--dependency=afterany:<sft array ids>``: the whole sweep is queued at once, the scheduler
-   holds the cells until every SFT job has ended (however it ended: a cell whose SFT failed
-   checks its SFT stage status itself and fails with that reason), and nothing depends on the
-   submitting process staying alive; rerunning the suite skips finished cells.
+2. The SFT jobs go in as one array, the on-policy sample stages (when a suite has them) as
+   another, the cell jobs as a third, each submitted right away with
+   ``--dependency=afterany:<the earlier stages' array ids>``: the whole sweep is queued at once,
+   the scheduler holds each stage until every job of the earlier ones has ended (however it
+   ended: a cell whose SFT failed checks its SFT stage status itself and fails with that
+   reason), and nothing depends on the submitting process staying alive; rerunning the suite
+   skips finished cells. (A tuned suite is two such launches: trials, then finals; see
+   ``harness.tuning``.)
    ``--array=0-N%P`` caps running tasks at ``launcher.parallelism``.
 3. Each job runs a ``JobCall`` (a ``submitit.helpers.Checkpointable``): at a time limit or a
    preemption submitit calls its ``checkpoint()``, which requeues the same call (up to the
@@ -42,7 +45,7 @@ import submitit
 
 from harness.errors import UserError
 from harness.launch.base import (
-    STAGE_ORDER,
+    RESOURCES,
     Job,
     JobOutcome,
     Progress,
@@ -251,13 +254,12 @@ def launch_slurm(jobs: list[Job], work_dir: Path, *, profile: SlurmProfile, para
     prog = Progress([j.name for j in jobs], progress)
     submitted: dict[str, tuple[Job, Any]] = {}
     try:
-        sft_arrays: list[str] = []
+        earlier: list[str] = []  # the arrays of the stages before this one
         for group in stages:
             stage = group[0].stage
-            dependency = None
-            if stage != STAGE_ORDER[0] and sft_arrays:
-                dependency = "afterany:" + ":".join(sft_arrays)
-            for res_key in STAGE_ORDER:
+            dependency = "afterany:" + ":".join(earlier) if earlier else None
+            arrays: list[str] = []
+            for res_key in RESOURCES:
                 members = [j for j in group if j.resources == res_key]
                 if not members:
                     continue
@@ -280,8 +282,8 @@ def launch_slurm(jobs: list[Job], work_dir: Path, *, profile: SlurmProfile, para
                     ) from e
                 for j, h in zip(members, handles):
                     submitted[j.name] = (j, h)
-                if stage == STAGE_ORDER[0]:
-                    sft_arrays.extend(sorted({array_id(h) for h in handles}))
+                arrays.extend(sorted({array_id(h) for h in handles}))
+            earlier.extend(arrays)
         return _monitor(jobs, submitted, prog, profile.result_wait_s, poll_s)
     except BaseException:
         ids = sorted({array_id(h) for _, h in submitted.values()})
