@@ -261,11 +261,11 @@ def _run_phase(plan, suite_dir: Path, args, profile, phase: str = "") -> tuple[l
                         kwargs={"retry_failed": True}, stage="cell", resources="cell",
                         log_hint=str(suite_dir / c.cell_id)))
     done = sum(1 for c in plan.cells if states[c.cell_id] == "done")
-    n_stages = sum(1 for j in jobs if j.stage != "cell")
-    what = f"{phase}: " if phase else (f"phase 1 (trials and untuned rows): " if plan.tuned else "")
+    n_sft, n_op = (sum(1 for j in jobs if j.stage == k) for k in ("sft", "onpolicy"))
+    what = f"{phase}: " if phase else ("phase 1 (trials and untuned rows): " if plan.tuned else "")
     print(f"suite {suite.name}: {what}{len(plan.cells)} cells ({done} done, {len(skipped_failed)} failed and skipped"
           f"{' - rerun with --retry-failed' if skipped_failed else ''}), "
-          f"{n_stages} stages (SFT, on-policy samples) and "
+          f"{n_sft} SFT stages{f', {n_op} on-policy sample stages' if n_op else ''} and "
           f"{sum(1 for j in jobs if j.stage == 'cell')} cells to run on {suite.launcher.type}; results in {suite_dir}")
     t0 = time.time()
     outcomes = []
