@@ -183,21 +183,34 @@ def _check_data(loaded, check_hub: bool = True) -> None:
             print(describe_counts(d.name, load_dataset(d, loaded.base_dir).stats, d.on_bad_rows), flush=True)
 
 
-def cmd_validate(args) -> int:
+def _describe(plan, results_root: Path) -> str:
+    """The plan in words; a tuned suite's second phase (finals) too."""
     from . import config
+
+    text = config.describe_plan(plan, results_root)
+    if plan.tuned:
+        from .tuning import describe_finals
+
+        text += "\n" + "\n".join(describe_finals(plan, results_root))
+    return text
+
+
+def cmd_validate(args) -> int:
     from .sweep import check_folder_names
 
     loaded, plan = _load(args)
     check_folder_names(plan, Path(args.results), str(args.suite))
     print(f"{args.suite}: valid")
-    print(config.describe_plan(plan, Path(args.results)))
+    print(_describe(plan, Path(args.results)))
     return 0
 
 
 # ------------------------------------------------------------------------------ run
 def cmd_run(args) -> int:
     """Validate, write the plan into the results folder, launch what is not done, then say
-    how every stage and cell of the plan stands; the exit status says the same (harness.sweep)."""
+    how every stage and cell of the plan stands; the exit status says the same (harness.sweep).
+    A tuned suite runs in two phases (docs/protocol.md): its trials and untuned rows, then, once
+    each method's setting is chosen on dev, its finals."""
     from . import config
     from .launch.describe import describe_launch
     from .sweep import check_folder_names, check_results_root
@@ -210,26 +223,65 @@ def cmd_run(args) -> int:
     check_folder_names(plan, results_root, str(args.suite))
     profile = _slurm_profile(suite, loaded, args.smoke)
     if args.dry_run:
-        print(config.describe_plan(plan, results_root))
+        print(_describe(plan, results_root))
         print()
         print(describe_launch(plan, suite.launcher, profile, suite_dir))
         return 0
     _check_runnable(plan)
     check_results_root(results_root)
-    config.check_written_configs([(suite_dir / "_sft" / s.stage_id, config.StageConfig) for s in plan.sft_stages]
-                                 + [(suite_dir / c.cell_id, config.CellConfig) for c in plan.cells])
-    from .runner import materialize, plan_jobs
+    _check_written(plan, suite_dir)
+    from .runner import materialize
 
     for note in materialize(plan, suite_dir, Path(loaded.path).read_text() if getattr(loaded, "path", None) else None):
         print(f"note: {note}", file=sys.stderr)
+    t0 = time.time()
+    items, stop = _run_phase(args, plan, suite_dir, profile,
+                             "phase 1 (trials and untuned rows)" if plan.tuned else "")
+    if plan.tuned and stop is None:  # phase 2: each method's setting chosen on dev, its finals on test
+        from .tuning import finals_plan
+
+        finals, sel = finals_plan(plan, suite_dir)
+        print(f"tuning: settings chosen on dev by {sel.metric} ({suite_dir / '_tuning' / 'selection.json'}):")
+        print("\n".join(sel.summary()))
+        if finals.cells:
+            _check_written(finals, suite_dir)
+            for note in materialize(finals, suite_dir, phase1=plan):
+                print(f"note: {note}", file=sys.stderr)
+            more, stop = _run_phase(args, finals, suite_dir, profile, "finals")
+            known = {i for _, i, _, _ in items}
+            items += [it for it in more if it[1] not in known]
+    if plan.tuned:
+        print(f"finished in {time.time() - t0:.1f}s (both phases)")
+    return _finish(args, suite_dir, items, stop)
+
+
+def _check_written(plan, suite_dir: Path) -> None:
+    """Refuse (exit 2) a results folder whose written configs do not read back as this
+    version's (a folder from an incompatible version of the harness)."""
+    from . import config
+
+    config.check_written_configs(
+        [(suite_dir / "_sft" / s.stage_id, config.StageConfig) for s in plan.sft_stages]
+        + [(suite_dir / "_onpolicy" / s.stage_id, config.OnPolicyStageConfig) for s in plan.onpolicy_stages]
+        + [(suite_dir / c.cell_id, config.CellConfig) for c in plan.cells])
+
+
+def _run_phase(args, plan, suite_dir: Path, profile, phase: str = ""):
+    """Launch every stage and cell of ``plan`` that is not done (failed cells only with
+    ``--retry-failed``): (the plan's items, why the sweep must stop now or None)."""
+    from .runner import plan_jobs
+
+    suite = plan.suite
     items = plan_jobs(plan, suite_dir)
     jobs, skipped_failed = _jobs_to_run(items, suite_dir, args.retry_failed)
     n_done = sum(1 for k, i, f, _ in items if k == "cell" and _state(f) == "done")
-    print(f"suite {suite.name}: {len(plan.cells)} cells ({n_done} done, {len(skipped_failed)} failed and skipped"
+    n_sft, n_op = (sum(1 for j in jobs if j.stage == k) for k in ("sft", "onpolicy"))
+    what = f"{phase}: " if phase else ""
+    print(f"suite {suite.name}: {what}{len(plan.cells)} cells ({n_done} done, {len(skipped_failed)} failed and skipped"
           f"{' - rerun with --retry-failed' if skipped_failed else ''}), "
-          f"{sum(1 for j in jobs if j.stage == 'sft')} SFT stages and "
+          f"{n_sft} SFT stages{f', {n_op} on-policy sample stages' if n_op else ''} and "
           f"{sum(1 for j in jobs if j.stage == 'cell')} cells to run on {suite.launcher.type}; results in {suite_dir}")
-    return _launch_and_report(args, suite, suite_dir, items, jobs, profile)
+    return items, _launch(suite, suite_dir, jobs, profile)
 
 
 def _state(folder: Path) -> str:
@@ -239,7 +291,8 @@ def _state(folder: Path) -> str:
 
 
 def _jobs_to_run(items, suite_dir: Path, retry_failed: bool):
-    """The launcher's jobs (each with its config from the plan) and the failed cells left out."""
+    """The launcher's jobs (each with its config from the plan) and the failed cells left out.
+    An on-policy sample stage runs with the SLURM profile's ``sft`` resources."""
     from .launch import Job
     from .runner import run_job
 
@@ -252,15 +305,16 @@ def _jobs_to_run(items, suite_dir: Path, retry_failed: bool):
             skipped_failed.append(job_id)
             continue
         jobs.append(Job(name=job_id, fn=run_job, args=(str(suite_dir.resolve()), kind, job_id),
-                        kwargs={"retry_failed": True, "config": cfg}, stage=kind, resources=kind,
-                        log_hint=str(folder)))
+                        kwargs={"retry_failed": True, "config": cfg}, stage=kind,
+                        resources="cell" if kind == "cell" else "sft", log_hint=str(folder)))
     return jobs, skipped_failed
 
 
-def _launch_and_report(args, suite, suite_dir: Path, items, jobs, profile) -> int:
+def _launch(suite, suite_dir: Path, jobs, profile) -> str | None:
+    """Run ``jobs`` and say how they went; returns why the sweep must stop (the disk is full)
+    or None. Ctrl-C / SIGTERM mark the jobs' folders interrupted and propagate."""
     from .launch import format_summary, launch
-    from .sweep import (EXIT_NOT_DONE, exit_code, mark_interrupted, not_done_lines, out_of_space,
-                        plan_states, record_hard_failures)
+    from .sweep import mark_interrupted, out_of_space, record_hard_failures
 
     t0 = time.time()
     outcomes, interrupted = [], None
@@ -286,10 +340,16 @@ def _launch_and_report(args, suite, suite_dir: Path, items, jobs, profile) -> in
     if failed:
         print("each failed cell's folder holds `status` (reason, step, last finite metrics) and "
               "`error.txt` (traceback); fix the cause, then rerun with --retry-failed", file=sys.stderr)
+    return out_of_space(outcomes)
+
+
+def _finish(args, suite_dir: Path, items, full: str | None) -> int:
+    """Say what is not done, write the report, and return the exit status (harness.sweep)."""
+    from .sweep import EXIT_NOT_DONE, exit_code, not_done_lines, plan_states
+
     states = plan_states([(k, i, f) for k, i, f, _ in items])
     for line in not_done_lines(states):
         print(line, file=sys.stderr)
-    full = out_of_space(outcomes)
     if full:
         print(f"error: {full}: free some space (or raise the quota), then rerun the same command; finished "
               f"cells are kept and the others resume.", file=sys.stderr)

@@ -18,14 +18,19 @@ from .errors import UserError
 SUITE_LOCK_WAIT_S = 60.0
 SUITE_LOCK_QUIET_S = 3.0
 NO_SPACE = (28, 122)  # ENOSPC, EDQUOT
+STAGE_DIRS = {"sft": "_sft", "onpolicy": "_onpolicy"}  # where each kind of stage keeps its folders
+STAGE_NAMES = {"sft": "SFT stage", "onpolicy": "on-policy stage"}
 
 
 def plan_jobs(plan, suite_dir: Path) -> list[tuple[str, str, Path, dict]]:
-    """``(kind, id, folder, config)`` for every SFT stage, then every cell, of ``plan``: the
+    """``(kind, id, folder, config)`` for every SFT stage, on-policy sample stage, then cell of
+    ``plan``: the
     configs the jobs run with. They come from the suite (and the command line) only; a
     ``config.yaml`` found in a results folder is a record of them, never their source."""
     suite_dir = Path(suite_dir)
     items = [("sft", s.stage_id, suite_dir / "_sft" / s.stage_id, s.config) for s in plan.sft_stages]
+    items += [("onpolicy", s.stage_id, suite_dir / "_onpolicy" / s.stage_id, s.config)
+              for s in plan.onpolicy_stages]
     items += [("cell", c.cell_id, suite_dir / c.cell_id,
                {**c.config, "cell_id": c.cell_id, "sft_stage": c.sft_stage_id}) for c in plan.cells]
     return items
@@ -156,35 +161,36 @@ def out_of_space(e: BaseException, folder: Path) -> bool:
     return False
 
 
-def stage_problem(suite_dir: Path, sid: str | None) -> str | None:
-    """Why a cell cannot start from its SFT stage now (the stage is not done, or its model is
-    damaged), or None. The cell is then left pending with this reason, not failed: a plain
+def stage_problem(suite_dir: Path, sid: str | None, kind: str = "sft") -> str | None:
+    """Why a job cannot start from its SFT (or on-policy, ``kind``) stage now (the stage is not
+    done, or its result is damaged), or None. The cell is then left pending with this reason, not failed: a plain
     rerun trains the stage again and then the cell."""
     from .results import lock_info, read_status
     from .results.layout import done_problem
 
     if not sid:
         return None
-    stage = suite_dir / "_sft" / sid
+    stage = suite_dir / STAGE_DIRS[kind] / sid
+    what = STAGE_NAMES[kind]
     st = read_status(stage)
     state, reason = st["state"], st.get("reason")
     if state == "done":
-        problem = done_problem(stage, "sft")
-        return None if problem is None else stage_damaged(stage, problem)
+        problem = done_problem(stage, kind)
+        return None if problem is None else stage_damaged(stage, problem, what)
     if state == "failed":
         log = f"; see {stage / 'error.txt'}" if (stage / "error.txt").is_file() else ""
-        return f"waiting for SFT stage {sid}, which failed ({reason}){log}"
+        return f"waiting for {what} {sid}, which failed ({reason}){log}"
     holder = lock_info(stage)
     if state == "running" and holder is not None and not holder.get("stale"):
-        return f"waiting for SFT stage {sid}, which is still running"
+        return f"waiting for {what} {sid}, which is still running"
     if state == "running" or reason:
         why = (reason or "its process ended without finishing it: killed, or its job was cancelled")
         why = why.removeprefix("interrupted").strip(" ()") or why
-        return f"waiting for SFT stage {sid}, which was interrupted ({why})"
-    return f"waiting for SFT stage {sid}, which has not run yet"
+        return f"waiting for {what} {sid}, which was interrupted ({why})"
+    return f"waiting for {what} {sid}, which has not run yet"
 
 
-def stage_damaged(stage: Path, problem: str) -> str:
+def stage_damaged(stage: Path, problem: str, what: str = "SFT stage") -> str:
     """Mark a done stage with a damaged model pending (under its lock, when free), so the next
     run trains it again; the reason for the waiting cell."""
     from .results import CellLock, write_status
@@ -195,4 +201,5 @@ def stage_damaged(stage: Path, problem: str) -> str:
             write_status(stage, "pending", reason=f"was done, but {problem}: made again")
         finally:
             lock.release()
-    return f"waiting for SFT stage {stage.name}, whose model is damaged ({problem}); the next run trains it again"
+    return (f"waiting for {what} {stage.name}, whose result is damaged ({problem}); "
+            f"the next run makes it again")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 __all__ = ["Metric", "register", "get", "known", "all_metrics", "by_family", "record_item_mean",
            "item_mean", "binary_stderr", "reward_family", "BENCHMARK_COLUMNS", "HEADLINE_METRIC",
@@ -179,7 +179,7 @@ _REWARD_FAMILIES = {
     "tdpo1": "β·(log-ratio + sequential KL)", "tdpo2": "β·(log-ratio + sequential KL)",
     "tidpo": "β·weighted log-ratio", "tidpo-official": "β·(weighted log-ratio + sequential KL)",
     "simpo": "β·mean log-prob (length-normalised, no reference)",
-    "sft-continued": "mean log-prob (no reference)",
+    "sft-continued": "mean log-prob (no reference)", "rft": "mean log-prob (no reference)",
 }
 
 
@@ -200,6 +200,11 @@ _r("task/accuracy", "Task acc.", "accuracy", +1, items=_prompts,
    stderr_key="task/accuracy_stderr", n_key="task/n", help="exact match of greedy answers (embedded task oracle)", **_PCT)
 _r("task/accuracy_sft", "Task acc. (SFT)", "task", 0, items=_prompts,
    stderr_key="task/accuracy_sft_stderr", n_key="task/n", help="the SFT policy's task accuracy", **_PCT)
+_r("task/score", "Graded score", "task", +1, items=_prompts, stderr_key="task/score_stderr",
+   help="graded oracle of greedy answers (partial credit: digits for addition, edit distance for reverse; "
+        "1 = exact match)", **_PCT)
+_r("task/score_sft", "Graded score (SFT)", "task", 0, items=_prompts, stderr_key="task/score_sft_stderr",
+   help="the SFT policy's graded score", **_PCT)
 _r("task/reward", "Judge reward", "task", +1, ".3f", items=_prompts,
    stderr_key="task/reward_stderr", help="reward-model score of greedy answers")
 _r("task/reward_sft", "Judge reward (SFT)", "task", 0, ".3f", items=_prompts,
@@ -240,4 +245,13 @@ for _side in ("chosen", "rejected"):
        items=_pairs)
 _r("kl/policy_ref", "KL(policy || ref)", "displacement", 0, ".3f", unit="nats",
    items="sampled responses", stderr_key="kl/policy_ref_stderr", sampled=True)
+# on-policy training data of a cell (harness.data.onpolicy): what its pairs are made of
+for _k, _d, _f, _kw in (("prompts", "Sampled prompts", ".0f", {}), ("examples", "Training examples", ".0f", {}),
+                        ("ties_dropped", "Prompts dropped (ties)", ".0f", {}),
+                        ("below_min_dropped", "Prompts dropped (best below min.)", ".0f", {}),
+                        ("chosen_correct", "Chosen correct", ".1f", {"scale": 100.0, "unit": "%"}),
+                        ("rejected_correct", "Rejected correct", ".1f", {"scale": 100.0, "unit": "%"}),
+                        ("mean_margin", "Mean score margin", ".3f", {}),
+                        ("sample_score", "Mean sample score", ".3f", {})):
+    _r(f"onpolicy/{_k}", _d, "onpolicy", 0, _f, aggregation="total", **_kw)
 register(Metric(AVG_KEY, "Avg", "lm_eval_avg", +1, ".1f", 1.0, "%", aggregation="mean of benchmarks"))

@@ -39,14 +39,15 @@ from .schema import SFTSpec
 
 
 # --------------------------------------------------------------------------- folders
-def materialize(plan, suite_dir: Path, suite_text: str | None = None) -> list[str]:
+def materialize(plan, suite_dir: Path, suite_text: str | None = None, phase1=None) -> list[str]:
     """Write the plan into its results folder and return notes for the user.
 
     Every stage and cell gets its folder, its ``config.yaml`` (rewritten from the plan when the
     one there differs: a results folder never chooses plugins, ``trust_remote_code`` or any
     other setting) and a ``pending`` status when new. A folder marked done whose result is
     missing or unreadable (metrics.json, an SFT stage's model) is set back to pending, so the
-    run makes it again. ``plan.json`` records which folders make up this suite now; crash
+    run makes it again. ``plan.json`` records which folders make up this suite now (a tuned
+    suite's finals are materialized with ``phase1``, the first phase's plan: both phases); crash
     leftovers in ``_cache/`` and ``report/`` are removed. Done, failed and interrupted folders
     are otherwise left as they are."""
     from .results import CorruptFileError, atomic_write_text, read_status, write_status
@@ -60,8 +61,9 @@ def materialize(plan, suite_dir: Path, suite_text: str | None = None) -> list[st
     with suite_lock(suite_dir):
         if suite_text is not None:
             atomic_write_text(suite_dir / "suite.yaml", suite_text)
-        write_plan(suite_dir, plan.suite.name, [c.cell_id for c in plan.cells],
-                   [s.stage_id for s in plan.sft_stages])
+        whole = [plan] if phase1 is None else [phase1, plan]  # a tuned suite's finals: both phases
+        write_plan(suite_dir, plan.suite.name, list(dict.fromkeys(c.cell_id for p in whole for c in p.cells)),
+                   list(dict.fromkeys(s.stage_id for p in whole for s in p.sft_stages)))
         for kind, job_id, folder, cfg in plan_jobs(plan, suite_dir):
             folder.mkdir(parents=True, exist_ok=True)
             notes += write_config(folder, cfg)
@@ -89,15 +91,15 @@ def _rank() -> tuple[int, int]:
 
 def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False,
             config: dict | None = None) -> dict:
-    """Entry point of every launcher. ``kind`` is "sft" or "cell"; ``config`` is the job's
-    config from the plan (the launchers always pass it; without it, as in ``python -m
-    harness.runner``, the folder's config.yaml is used).
+    """Entry point of every launcher. ``kind`` is "sft", "onpolicy" (an on-policy sample
+    stage) or "cell"; ``config`` is the job's config from the plan (the launchers always pass
+    it; without it, as in ``python -m harness.runner``, the folder's config.yaml is used).
 
     Returns ``{"state": ..., "id": ...}``: ``done``; ``failed`` (skipped, not retried);
     ``locked`` (another live process holds the folder, ``holder`` says who); ``blocked`` (a
-    cell whose SFT stage is not done: left pending with the reason); ``lost`` (this process
-    lost its lock while working and stopped without writing). A failure is recorded in the
-    folder and raised; SIGINT/SIGTERM mark the folder pending (interrupted) and raise.
+    job whose SFT or on-policy stage is not done: left pending with the reason); ``lost`` (this
+    process lost its lock while working and stopped without writing). A failure is recorded in
+    the folder and raised; SIGINT/SIGTERM mark the folder pending (interrupted) and raise.
 
     Under a distributed launch (several processes per cell, e.g. one per GPU) every rank
     trains, but only rank 0 takes the lock, writes status and results, and evaluates."""
@@ -106,42 +108,65 @@ def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False,
 
     _quiet_threads()
     suite_dir = Path(suite_dir)
-    folder = suite_dir / "_sft" / job_id if kind == "sft" else suite_dir / job_id
+    folder = suite_dir / STAGE_DIRS[kind] / job_id if kind in STAGE_DIRS else suite_dir / job_id
     if config is not None:
         # the plan's config onto disk before anything reads it back (every rank writes the same
         # bytes atomically): a folder's own config.yaml never chooses plugins or trust
         write_config(folder, config)
-        sid = config.get("sft_stage")
-    else:
-        sid = _stage_of(folder) if kind == "cell" else None
+    deps = _stages_of(kind, folder, config)
     rank, world = _rank()
     if world > 1 and rank != 0:
         st = read_status(folder)
         if st["state"] == "done" or (st["state"] == "failed" and not retry_failed):
             return {"state": st["state"], "id": job_id, "skipped": True}
-        (_run_sft if kind == "sft" else _run_cell)(suite_dir, folder)
+        _stage_runner(kind)(suite_dir, folder)
         return {"state": "done", "id": job_id, "rank": rank}
 
     # Under SLURM, submitit ignores SIGTERM on purpose (a preemption sends it before the
     # signal that makes submitit requeue the job); elsewhere SIGTERM stops the job cleanly.
     stop = (signal.SIGINT,) if os.environ.get("SUBMITIT_EXECUTOR") == "slurm" else STOP_SIGNALS
     with stop_on_signals(stop):
-        if sid:
-            _wait_for_stage(suite_dir, folder, sid)
+        if deps:
+            _wait_for_stages(suite_dir, folder, deps)
         lock = CellLock(folder)
         if not lock.acquire(timeout=0):
             return {"state": "locked", "id": job_id, "holder": lock_info(folder)}
         try:
-            return _run_locked(suite_dir, kind, job_id, folder, sid, lock, retry_failed)
+            return _run_locked(suite_dir, kind, job_id, folder, deps, lock, retry_failed)
         finally:
             lock.release()
 
 
-def _stage_of(folder: Path) -> str | None:
-    try:
-        return load_cell_config(folder).sft_stage
-    except UserError:  # missing or invalid: the job itself reports it, with its status
-        return None
+from .lifecycle import STAGE_DIRS, STAGE_NAMES  # noqa: E402 - where each kind of stage keeps its folders
+
+
+def _stages_of(kind: str, folder: Path, config: dict | None) -> list[tuple[str, str]]:
+    """The stages (kind, id) a job starts from: a cell from its SFT stage and on-policy sample
+    stage (when it has them), an on-policy stage from its SFT stage, an SFT stage from none."""
+    if kind == "sft":
+        return []
+    if config is None:
+        try:
+            from .config.cell import load_onpolicy_config
+
+            cfg = load_cell_config(folder) if kind == "cell" else load_onpolicy_config(folder)
+        except UserError:  # missing or invalid: the job itself reports it, with its status
+            return []
+        config = {"sft_stage": cfg.sft_stage, "onpolicy_stage": getattr(cfg, "onpolicy_stage", None)}
+    deps = [("sft", config.get("sft_stage"))]
+    if kind == "cell":
+        deps.append(("onpolicy", config.get("onpolicy_stage")))
+    return [(k, sid) for k, sid in deps if sid]
+
+
+def _run_onpolicy(suite_dir: Path, folder: Path, guard=None) -> dict:
+    from .data.onpolicy import run_stage
+
+    return run_stage(suite_dir, folder) if _rank()[0] == 0 else {}
+
+
+def _stage_runner(kind: str):
+    return {"sft": _run_sft, "onpolicy": _run_onpolicy}.get(kind, _run_cell)
 
 
 def _checked_cell_config(folder: Path):
@@ -156,7 +181,7 @@ def _checked_cell_config(folder: Path):
     return cfg
 
 
-def _run_locked(suite_dir: Path, kind: str, job_id: str, folder: Path, sid: str | None, lock,
+def _run_locked(suite_dir: Path, kind: str, job_id: str, folder: Path, deps: list[tuple[str, str]], lock,
                 retry_failed: bool) -> dict:
     from .results import read_status, write_status
     from .results.layout import done_problem, remove_temp_leftovers
@@ -173,7 +198,8 @@ def _run_locked(suite_dir: Path, kind: str, job_id: str, folder: Path, sid: str 
             _checked_cell_config(folder)
         except UserError as e:
             record_failure(folder, e)
-        blocked = stage_problem(suite_dir, sid)
+    if kind != "sft":
+        blocked = next(filter(None, (stage_problem(suite_dir, sid, k) for k, sid in deps)), None)
         if blocked:
             write_status(folder, "pending", reason=blocked)
             return {"state": "blocked", "id": job_id, "reason": blocked}
@@ -183,7 +209,7 @@ def _run_locked(suite_dir: Path, kind: str, job_id: str, folder: Path, sid: str 
     t0 = time.time()
     guard = LockGuard(lock)
     try:
-        out = (_run_sft if kind == "sft" else _run_cell)(suite_dir, folder, guard)
+        out = _stage_runner(kind)(suite_dir, folder, guard)
         lock.ensure_held()
     except LockLostError as e:
         print(f"{folder.name}: {e}", file=sys.stderr, flush=True)
@@ -197,23 +223,25 @@ def _run_locked(suite_dir: Path, kind: str, job_id: str, folder: Path, sid: str 
     return {"state": "done", "id": job_id, **(out or {})}
 
 
-def _wait_for_stage(suite_dir: Path, folder: Path, sid: str, poll_s: float = 1.0) -> None:
-    """A cell starts from its SFT stage's checkpoint. When another process (a second
-    ``harness run`` on the same results folder) holds the stage's lock and is training it,
-    wait for it to finish instead of failing the cell because the stage is not done yet."""
+def _wait_for_stages(suite_dir: Path, folder: Path, deps: list[tuple[str, str]], poll_s: float = 1.0) -> None:
+    """A cell starts from its SFT stage's checkpoint (and its on-policy samples). When another
+    process (a second ``harness run`` on the same results folder) holds a stage's lock and is
+    running it, wait for it to finish instead of failing the job because the stage is not done yet."""
     from .results import lock_info, read_status
 
-    stage = suite_dir / "_sft" / sid
-    told = False
-    while read_status(stage)["state"] not in ("done", "failed"):
-        holder = lock_info(stage)
-        if holder is None or holder.get("stale"):
-            return  # nobody is training it: the cell reports the stage's state itself
-        if not told:
-            print(f"{folder.name}: waiting for SFT stage {sid}, which host {holder.get('host')} "
-                  f"pid {holder.get('pid')} is training", file=sys.stderr, flush=True)
-            told = True
-        time.sleep(poll_s)
+    for kind, sid in deps:
+        stage = suite_dir / STAGE_DIRS[kind] / sid
+        what = STAGE_NAMES[kind]
+        told = False
+        while read_status(stage)["state"] not in ("done", "failed"):
+            holder = lock_info(stage)
+            if holder is None or holder.get("stale"):
+                break  # nobody is running it: the job reports the stage's state itself
+            if not told:
+                print(f"{folder.name}: waiting for {what} {sid}, which host {holder.get('host')} "
+                      f"pid {holder.get('pid')} is running", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(poll_s)
 
 
 def _require_pairs(tdata, data, what: str, spec) -> None:
@@ -322,7 +350,10 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
     if _rank()[0] == 0:
         atomic_write_json(folder / "env.json", env_info())
     mspec, tspec, espec, seed = cfg.model, cfg.train, cfg.eval, cfg.seed
-    data = _stage_data(cfg)
+    from .data.onpolicy import training_examples
+
+    data = _stage_data(cfg).scored_on(cfg.split)  # a tuning trial is scored on the dev split
+    train_pairs, data_metrics = training_examples(cfg, data, suite_dir)
     stage_dir = suite_dir / "_sft" / cfg.sft_stage if cfg.sft_stage else None
     stage_info: dict = {}
     if stage_dir is not None:
@@ -357,7 +388,7 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
     train_res = None
     counters: dict = {}
     t_train = 0.0
-    tdata = tokenize(data.train, tok, tspec.max_length, tspec.max_prompt_length, mspec.chat_template,
+    tdata = tokenize(train_pairs, tok, tspec.max_length, tspec.max_prompt_length, mspec.chat_template,
                      cache_dir=suite_dir / "_cache")
     if method is not None:  # None: the "sft" pseudo-method evaluates the SFT checkpoint as it is
         _require_pairs(tdata, data, "training pairs", tspec)
@@ -378,6 +409,7 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
     metrics: dict[str, Any] = {
         "cell_id": folder.name, "suite": cfg.suite, "model": mspec.name, "dataset": data.name,
         "method": cfg.method.name, "label": cfg.method.label, "seed": seed, "hparams": cfg.method.hparams,
+        **({"split": cfg.split} if cfg.tuning else {}), **data_metrics,
     }
     if espec.enabled:
         from .evaluate.policy import evaluate_policy

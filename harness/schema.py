@@ -18,10 +18,14 @@ from typing import Any, Literal, Optional
 from methods.settings import Range
 
 
-def f(default: Any = None, help: str = "", range: Range | None = None, factory=None):
+def f(default: Any = None, help: str = "", range: Range | None = None, factory=None, omit: bool = False):
+    """A schema field. ``omit``: written to a cell's config only when set to something other
+    than its default (``omitted_when_default``), so adding such a key changes no existing id."""
     md = {"help": help}
     if range is not None:
         md["range"] = range
+    if omit:
+        md["omitted_when_default"] = True
     if factory is not None:
         return field(default_factory=factory, metadata=md)
     return field(default=default, metadata=md)
@@ -99,6 +103,12 @@ class DatasetSpec:
     heldout_size: int = f(200, "held-out pairs / prompts for evaluation", POS)
     label_noise: float = f(0.0, "fraction of training pairs with chosen and rejected swapped", PROB)
     on_bad_rows: Literal["error", "drop"] = f("error", "a bad row stops the run (error) or is dropped and counted")
+    dev_size: int = f(0, "held-out pairs / prompts of the dev split that tuning scores trials on, disjoint from "
+                         "the heldout_size test items (docs/protocol.md); 0: no dev split", NONNEG, omit=True)
+    pairs: Literal["offline", "onpolicy"] = f(
+        "offline", "what the preference methods train on: offline (the data set's own pairs) or onpolicy (k "
+                   "responses sampled from the SFT checkpoint per training prompt, ranked by the judge; see "
+                   "`onpolicy`)", omit=True)
 
 
 # ---------------------------------------------------------------------------- methods
@@ -138,12 +148,61 @@ class TrainSpec:
 
 @dataclass
 class SFTSpec(TrainSpec):
+    # A decayed schedule by default: an SFT stage that ends at its peak learning rate has not
+    # converged, and "more SFT" (sft-continued) then gains by annealing alone (issue 14:
+    # 6-14 points after a constant-lr SFT, 1 point after a cosine one).
+    schedule: Literal["constant", "linear", "cosine"] = f(
+        "cosine", "schedule after warmup; cosine (the default for SFT, unlike train) decays to 0, so the "
+                  "SFT checkpoint has converged and continued SFT is not an annealing gain")
     enabled: bool = f(True, "run an SFT stage; false = methods start from the model as loaded")
     data: Literal["chosen", "sft"] = f(
         "sft", "chosen: NLL on the chosen responses of the preference data; sft: the data set's SFT split "
         "(embedded tasks provide one; other data fall back to chosen)")
     per_seed: bool = f(True, "one SFT checkpoint per seed (so seed intervals include SFT variance); "
                        "false: one per (model, data set), shared by every seed")
+
+
+@dataclass
+class OnPolicySpec:
+    """On-policy preference data (``datasets[].pairs: onpolicy``, and the ``rft`` baseline): k
+    responses per training prompt sampled from the SFT checkpoint, scored by the judge, stored
+    once per SFT stage and seed under ``_onpolicy/`` and shared by every cell that uses them."""
+
+    k: int = f(4, "responses sampled per training prompt", Range(ge=2))
+    prompts: Optional[int] = f(None, "sample for the first N training prompts; default: all", POS)
+    temperature: float = f(1.0, "sampling temperature", POS)
+    top_p: float = f(1.0, "nucleus sampling", Range(gt=0, le=1))
+    max_new_tokens: Optional[int] = f(None, "response length limit; default: eval.max_new_tokens", POS)
+    judge: str = f("oracle", "oracle: the embedded task's graded score (docs/protocol.md); or the path of a "
+                             "reward model (as eval.judge)")
+    pairing: Literal["best_vs_worst", "margin"] = f(
+        "best_vs_worst", "best_vs_worst: one pair per prompt, highest against lowest score (prompts whose samples "
+                         "all tie are dropped); margin: every two distinct samples whose scores differ by more "
+                         "than `margin`")
+    margin: float = f(0.0, "score difference a pair must exceed (pairing: margin)", NONNEG)
+    rft_min_score: Optional[float] = f(
+        None, "the rft baseline trains on a prompt's best sample only when its score is at least this (1.0: "
+              "correct under the oracle); null: every prompt's best")
+    batch_size: int = f(64, "prompts per sampling batch", POS)
+
+
+@dataclass
+class TuningSpec:
+    """Tuning as part of the protocol (docs/protocol.md): every method gets the same number of
+    trials, run on the dev split; the best setting per method (by ``metric``) is chosen on dev;
+    the suite's seeds then run at that setting and are scored on the test split."""
+
+    enabled: bool = f(False, "tune each method on dev, then run the final seeds at the chosen setting on test")
+    metric: str = f("task/accuracy", "dev metric that chooses a method's setting (a registered metric; its "
+                                     "direction says whether higher is better)")
+    budget: Optional[int] = f(None, "trials per method, the same for every method; a larger search space is "
+                                    "subsampled to it (seeded); null: the largest space's size", POS)
+    grid: dict = f(None, "train settings searched for every tuned method, e.g. {lr: [1e-5, 1e-4]}; each "
+                         "method's own `grid` adds its hyperparameters to its space", factory=dict)
+    seeds: list[int] = f(None, "seeds of the trials (dev metric averaged over them); choose seeds outside "
+                               "`seeds` so that no final reuses a trial's training randomness",
+                         factory=lambda: [0])
+    sample_seed: int = f(0, "seed of the subsample of a space larger than the budget", NONNEG)
 
 
 # -------------------------------------------------------------------------- evaluation
@@ -195,5 +254,8 @@ class Suite:
     sft: SFTSpec = f(None, "the SFT stage", factory=SFTSpec)
     train: TrainSpec = f(None, "preference-training settings shared by all methods", factory=TrainSpec)
     eval: EvalSpec = f(None, "evaluation settings", factory=EvalSpec)
+    onpolicy: OnPolicySpec = f(None, "on-policy preference data (datasets[].pairs: onpolicy; the rft method)",
+                               factory=OnPolicySpec)
+    tuning: TuningSpec = f(None, "per-method tuning on the dev split (docs/protocol.md)", factory=TuningSpec)
     launcher: LauncherSpec = f(None, "launcher and resources", factory=LauncherSpec)
     report: ReportSpec = f(None, "report settings", factory=ReportSpec)

@@ -56,18 +56,21 @@ def smoke_suite(loaded):
         m.tiny, m.path, m.hub, m.gguf_file, m.revision = tiny, None, None, None, None
         m.lora, m.gradient_checkpointing, m.dtype = None, False, "auto"
     for i, d in enumerate(s.datasets):
+        dev = min(d.dev_size, 16)  # a tuned suite keeps a (small) dev split
         if not d.task:
             s.datasets[i] = DatasetSpec(name=d.name, task="addition",
-                                        task_args={"n_sft": 64, "n_pairs": 64, "n_heldout": 16},
-                                        heldout_size=16, label_noise=d.label_noise)
+                                        task_args={"n_sft": 64, "n_pairs": 64, "n_heldout": 16 + dev},
+                                        heldout_size=16, label_noise=d.label_noise, dev_size=dev, pairs=d.pairs)
         else:
             d.heldout_size = min(d.heldout_size, 16)
+            d.dev_size = dev
     _cap(s.sft, 20)
     _cap(s.train, CAPS["steps"])
     for m in s.methods:
         for k in list(m.train):
             if k in CAPS or k in ("grad_accum", "warmup_steps", "precision", "checkpoint_every"):
                 m.train.pop(k)
+    s.onpolicy.prompts = min(s.onpolicy.prompts or 64, 64)
     e = s.eval
     e.generation_prompts = min(e.generation_prompts, 16)
     e.diversity_prompts = min(e.diversity_prompts, 4)
@@ -87,5 +90,5 @@ def mark_plan(plan) -> None:
     ``config.yaml``); ids are already computed and do not change."""
     for c in plan.cells:
         c.config["smoke"] = True
-    for st in plan.sft_stages:
+    for st in plan.sft_stages + plan.onpolicy_stages:
         st.config["smoke"] = True

@@ -153,6 +153,7 @@ def not_done_lines(states: list[ItemState], limit: int = 20) -> list[str]:
     if not left:
         return []
     what = ", ".join(f"{n} {k}" for k, n in (("SFT stages", sum(s.kind == "sft" for s in left)),
+                                             ("on-policy stages", sum(s.kind == "onpolicy" for s in left)),
                                              ("cells", sum(s.kind == "cell" for s in left))) if n)
     lines = [f"not done: {what}; the same command finishes them once the cause is gone:"]
     lines += [f"  {s.id}: {s.reason}" for s in left[:limit]]

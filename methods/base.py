@@ -8,7 +8,12 @@ computes. Subclasses declare
   adds a range, ``Literal[...]`` a set of choices; the base class turns them into keyword
   arguments of the constructor, checked by ``methods.settings`` (the rules every typed setting
   of the project follows: an ``int`` takes only integers, a ``float`` any finite number);
-* ``loss(batch) -> LossOutput``.
+* ``loss(batch) -> LossOutput``;
+* optionally ``trains_on``, the training examples it wants (``TRAINS_ON``): "pairs" (the
+  default: the data set's preference pairs, on-policy ones when the data set says
+  ``pairs: onpolicy``), "offline" (always the data set's own pairs, e.g. continued SFT on its
+  chosen answers) or "best_of_k" (each training prompt's best on-policy sample as chosen, its
+  worst as rejected: rejection-sampling fine-tuning).
 
 Importing this module loads no torch (``methods._torch``): the registry and the
 hyperparameter checks serve ``harness validate`` and ``report``, which need no tensors.
@@ -24,6 +29,7 @@ from ._torch import torch
 from .settings import Range, SettingError, check_value, unknown_key
 
 FEATURES = frozenset({"reference", "token_kl", "token_weights", "anchor"})
+TRAINS_ON = ("pairs", "offline", "best_of_k")
 
 
 class MethodConfigError(SettingError):
@@ -204,6 +210,7 @@ class PreferenceMethod:
 
     name: ClassVar[str] = "?"
     needs: ClassVar[frozenset[str]] = frozenset()
+    trains_on: ClassVar[str] = "pairs"
     hparams_spec: ClassVar[dict[str, HParam]] = {}
 
     def __init_subclass__(cls, **kw):
@@ -212,13 +219,16 @@ class PreferenceMethod:
             raise TypeError(
                 f"{cls.__qualname__}.needs must be a frozenset of {sorted(FEATURES)}, got {cls.needs!r}"
             )
+        if cls.trains_on not in TRAINS_ON:
+            raise TypeError(f"{cls.__qualname__}.trains_on must be one of {TRAINS_ON}, got {cls.trains_on!r}")
         spec: dict[str, HParam] = {}
         for klass in reversed(cls.__mro__):
             if klass is object or not issubclass(klass, PreferenceMethod):
                 continue
             hints = typing.get_type_hints(klass, include_extras=True)
             for n, ann in klass.__dict__.get("__annotations__", {}).items():
-                if n.startswith("_") or get_origin(hints[n]) is ClassVar or n in ("name", "needs", "hparams_spec"):
+                if n.startswith("_") or get_origin(hints[n]) is ClassVar or n in (
+                        "name", "needs", "hparams_spec", "trains_on"):
                     continue
                 if n not in klass.__dict__:
                     raise TypeError(f"{cls.__qualname__}: hyperparameter {n!r} needs a default")

@@ -23,10 +23,15 @@ class SFTContinued(PreferenceMethod):
     Logged rewards: the mean token log-prob of y_w and of y_l under the policy, detached, so
     rewards/margins and rewards/accuracies show whether plain SFT separates the pairs.
 
+    It trains on the data set's own pairs (``trains_on = "offline"``) even where the
+    preference methods train on on-policy pairs: "more SFT on the data's answers" is the
+    baseline; SFT on the policy's own best samples is ``rft``.
+
     No hyperparameters; the learning rate and schedule belong to the training settings.
     """
 
     needs = frozenset()
+    trains_on = "offline"
 
     def loss(self, b: TokenBatch) -> LossOutput:
         a_w = masked_mean(b.chosen_logps, b.chosen_mask)

@@ -182,7 +182,7 @@ def test_yaml_1_2_scalars_anchors_and_merge_keys(tmp_path):
     assert len(problems) == 1
     assert problems[0].startswith(f"{f}:2: base: unknown key 'base'.")
     assert problems[0].endswith("Valid keys at the top level: name, description, plugins, models, datasets, "
-                                "methods, seeds, sft, train, eval, launcher, report")
+                                "methods, seeds, sft, train, eval, onpolicy, tuning, launcher, report")
     f.write_text(f.read_text().replace("base: &base", "x-base: &base"))
     s = load_suite(f).suite
     assert s.train.lr == 5e-7 and isinstance(s.train.lr, float)  # YAML 1.1 would give '5e-7'

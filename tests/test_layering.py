@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_ORDER = ["check", "source", "ids", "variants", "suite", "plan", "cell", "describe", "docs"]
+CONFIG_ORDER = ["check", "source", "ids", "variants", "space", "suite", "plan", "cell", "describe", "docs"]
 
 
 def _module_name(path: Path, root: Path) -> str:

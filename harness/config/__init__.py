@@ -6,6 +6,7 @@ One job per module; each imports only modules above it in this list (no circles)
 * ``source``: YAML read safely with the line of every key; YAML 1.2 scalars; the alias-bomb guard
 * ``ids``: canonical JSON and its hash, from which cell and stage ids are made
 * ``variants``: method entries -> variants (grid combinations, labels, resolved hyperparameters)
+* ``space``: a tuned suite's search space per method entry, cut to the budget
 * ``suite``: ``load_suite`` / ``load_suite_dict``, every check of a suite
 * ``plan``: ``expand``, the plan of cells and SFT stages with their ids
 * ``cell``: a cell's or stage's typed config read back from its ``config.yaml``
@@ -20,21 +21,25 @@ from ..schema import SFT_METHOD
 from .cell import (
     CellConfig,
     StageConfig,
+    OnPolicyStageConfig,
     build_method,
     check_written_configs,
     load_cell_config,
+    load_onpolicy_config,
     load_stage_config,
 )
 from .describe import describe_plan, tiny_param_estimate
 from .docs import schema_markdown, update_readme
 from .ids import config_hash
-from .plan import Cell, Plan, SFTStage, expand
+from .plan import Cell, OnPolicyStage, Plan, SFTStage, expand, final_cells
+from .space import Point, SearchSpace
 from .suite import LoadedSuite, launcher_overrides, load_suite, load_suite_dict
 from .variants import Variant
 
 __all__ = [
-    "Cell", "CellConfig", "LoadedSuite", "Plan", "SFTStage", "SFT_METHOD", "StageConfig", "Variant",
-    "build_method", "check_written_configs", "config_hash", "describe_plan", "expand", "launcher_overrides",
-    "load_cell_config", "load_stage_config", "load_suite", "load_suite_dict", "schema_markdown",
-    "tiny_param_estimate", "update_readme",
+    "Cell", "CellConfig", "LoadedSuite", "OnPolicyStage", "OnPolicyStageConfig", "Plan", "Point", "SFTStage",
+    "SFT_METHOD", "SearchSpace", "StageConfig", "Variant",
+    "build_method", "check_written_configs", "config_hash", "describe_plan", "expand", "final_cells",
+    "launcher_overrides", "load_cell_config", "load_onpolicy_config", "load_stage_config", "load_suite",
+    "load_suite_dict", "schema_markdown", "tiny_param_estimate", "update_readme",
 ]

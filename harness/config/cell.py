@@ -11,19 +11,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import methods
 from methods.settings import format_path
 
 from ..errors import UserError
-from ..schema import SFT_METHOD, DatasetSpec, EvalSpec, ModelSpec, SFTSpec, TrainSpec
+from ..schema import SFT_METHOD, DatasetSpec, EvalSpec, ModelSpec, OnPolicySpec, SFTSpec, TrainSpec
 from .check import INVALID, FileChecker
 from .source import WrittenLoader, parse_yaml
 
 CONFIG_FILE = "config.yaml"
 # `run --smoke` adds smoke: true after the ids are hashed; a real run's config has no such key
 _SMOKE = field(default=False, metadata={"omitted_when_default": True})
+
+
+def _none_unless_set():
+    """A key a cell has only when it uses what it describes (a tuned suite, on-policy data)."""
+    return field(default=None, metadata={"omitted_when_default": True})
 
 
 @dataclass
@@ -33,6 +38,53 @@ class MethodEntry:
     name: str = None
     label: str = None
     hparams: dict = field(default_factory=dict)
+
+
+@dataclass
+class TuningRole:
+    """A cell of a tuned suite: a trial of one point of its entry's search space (scored on
+    dev) or a final seed at the chosen point (scored on test). ``point``: the searched keys."""
+
+    role: Literal["trial", "final"] = None
+    entry: str = None
+    split: Literal["dev", "test"] = None
+    point: dict = field(default_factory=dict)
+
+
+@dataclass
+class OnPolicyCell(OnPolicySpec):
+    """A cell's on-policy data: the suite's ``onpolicy`` settings (``max_new_tokens`` resolved)
+    and the view it trains on: ``pairs`` (formed by ``pairing``) or ``best_of_k`` (rft)."""
+
+    view: Literal["pairs", "best_of_k"] = None
+
+
+@dataclass
+class Sampling:
+    """What an on-policy sample stage draws (the settings of ``onpolicy`` that decide the samples)."""
+
+    k: int = None
+    prompts: Optional[int] = None
+    temperature: float = None
+    top_p: float = None
+    max_new_tokens: int = None
+    max_prompt_length: int = None  # train.max_prompt_length: prompts cut as the cells cut them
+    judge: str = None
+    batch_size: int = None
+
+
+@dataclass
+class OnPolicyStageConfig:
+    """One on-policy sample stage's resolved config (``_onpolicy/<stage id>/config.yaml``)."""
+
+    suite: str = None
+    model: ModelSpec = None
+    dataset: DatasetSpec = None
+    sft: Optional[SFTSpec] = None
+    sft_stage: Optional[str] = None  # the checkpoint sampled from; null: the model as loaded
+    seed: int = None
+    onpolicy: Sampling = None
+    smoke: bool = _SMOKE
 
 
 @dataclass
@@ -51,6 +103,14 @@ class CellConfig:
     cell_id: str = None
     sft_stage: Optional[str] = None  # the stage the cell starts from, or null
     smoke: bool = _SMOKE  # true under `run --smoke` (harness.smoke.mark_plan)
+    tuning: Optional[TuningRole] = _none_unless_set()  # a tuned suite's trial or final
+    onpolicy: Optional[OnPolicyCell] = _none_unless_set()  # trains on on-policy samples
+    onpolicy_stage: Optional[str] = _none_unless_set()  # the sample stage it reads
+
+    @property
+    def split(self) -> str:
+        """The held-out split the cell is scored on: "dev" for a trial, else "test"."""
+        return self.tuning.split if self.tuning is not None else "test"
 
     @property
     def trains(self) -> bool:
@@ -78,6 +138,11 @@ def load_cell_config(folder: str | Path) -> CellConfig:
 def load_stage_config(folder: str | Path) -> StageConfig:
     """The SFT stage's ``config.yaml``, checked; ``UserError`` naming file, line and key."""
     return _load(Path(folder) / CONFIG_FILE, StageConfig)
+
+
+def load_onpolicy_config(folder: str | Path) -> OnPolicyStageConfig:
+    """An on-policy sample stage's ``config.yaml``, checked."""
+    return _load(Path(folder) / CONFIG_FILE, OnPolicyStageConfig)
 
 
 def _load(path: Path, cls: type):

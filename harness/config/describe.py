@@ -56,9 +56,15 @@ def describe_plan(plan: Plan, results_dir: str | os.PathLike) -> str:
     s = plan.suite
     root = Path(results_dir) / s.name
     n_var = len({c.label for c in plan.cells})
-    out = [f"Suite {s.name!r}: {_n(len(plan.cells), 'cell')} = {_n(len(s.models), 'model')} x "
-           f"{_n(len(s.datasets), 'data set')} x {_n(n_var, 'method variant')} x {_n(len(s.seeds), 'seed')}; "
-           f"{_n(len(plan.sft_stages), 'SFT stage')}"]
+    if plan.tuned:
+        trials = sum(c.role == "trial" for c in plan.cells)
+        head = (f"Suite {s.name!r} (tuned): phase 1 has {_n(len(plan.cells), 'cell')} ({trials} trials on dev, "
+                f"{len(plan.cells) - trials} untuned rows on test)")
+    else:
+        head = (f"Suite {s.name!r}: {_n(len(plan.cells), 'cell')} = {_n(len(s.models), 'model')} x "
+                f"{_n(len(s.datasets), 'data set')} x {_n(n_var, 'method variant')} x {_n(len(s.seeds), 'seed')}")
+    out = [head + f"; {_n(len(plan.sft_stages), 'SFT stage')}"
+           + (f", {_n(len(plan.onpolicy_stages), 'on-policy stage')}" if plan.onpolicy_stages else "")]
     if s.description:
         out.append(f"  {s.description.strip()}")
     states = {c.cell_id: _state(root / c.cell_id) for c in plan.cells}
@@ -74,6 +80,19 @@ def describe_plan(plan: Plan, results_dir: str | os.PathLike) -> str:
         out += _table([[st.model, st.dataset, "-" if st.seed is None else st.seed, st.config["sft"]["steps"],
                         _state(root / "_sft" / st.stage_id), st.stage_id] for st in plan.sft_stages],
                       ["model", "dataset", "seed", "steps", "status", "stage id"])
+    if plan.onpolicy_stages:
+        out += ["", "On-policy sample stages (k responses per training prompt from the SFT checkpoint, judged):"]
+        out += _table([[st.model, st.dataset, st.seed, st.config["onpolicy"]["k"],
+                        _state(root / "_onpolicy" / st.stage_id), st.stage_id] for st in plan.onpolicy_stages],
+                      ["model", "dataset", "seed", "k", "status", "stage id"])
+    if plan.tuned:
+        from .space import describe_spaces
+
+        t = s.tuning
+        out += ["", f"Tuning: phase 1 above = trials on the dev split (seeds {', '.join(map(str, t.seeds))}) and the "
+                    f"rows that need none; budget {t.budget if t.budget is not None else 'every point'} trials "
+                    f"per method and (model, data set):"]
+        out += describe_spaces(plan.spaces, t.budget)
     # Compute estimate: every sequence counted at max_length (an upper bound).
     pref_tokens: dict[str, int] = {}
     for c in plan.cells:

@@ -85,11 +85,17 @@ def schema_markdown() -> str:
         doc = (cls.__doc__ or "").strip()
         if doc and not doc.startswith(f"{cls.__name__}("):  # dataclass's generated signature
             parts.append(" ".join(doc.split()) + "\n")
-        inherited: set[str] = set()
+        inherited: dict[str, dataclasses.Field] = {}
         for base in cls.__mro__[1:]:
             if dataclasses.is_dataclass(base):
-                inherited |= {fl.name for fl in dataclasses.fields(base)}
-                parts.append(f"Every key of `{_sections_name(base)}` (same types, ranges and defaults), plus:\n")
+                inherited = {fl.name: fl for fl in dataclasses.fields(base)}
+                mine = {fl.name: fl for fl in dataclasses.fields(cls)}
+                changed = [n for n in inherited if _default_text(mine[n], hints(cls)[n])
+                           != _default_text(inherited[n], hints(base)[n])]
+                parts.append(f"Every key of `{_sections_name(base)}` (same types and ranges; same defaults"
+                             f"{' except ' + ', '.join(f'`{n}`' for n in changed) + ', listed below' if changed else ''}"
+                             f"), plus:\n")
+                inherited = {n: fl for n, fl in inherited.items() if n not in changed}
                 break
         parts.append("| key | type | default | allowed | description |")
         parts.append("|---|---|---|---|---|")

@@ -34,6 +34,7 @@ from ..paths import find_slurm_profile, resolve, slurm_profile_problem
 from ..schema import DatasetSpec, LauncherSpec, SFTSpec, Suite, TinyModelSpec, TrainSpec
 from .check import INVALID, FileChecker, items, ok, show
 from .source import parse_yaml
+from .space import check_protocol
 from .variants import Variant, check_methods
 
 SUITE_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -107,6 +108,7 @@ def _check(data: Any, ctx: FileChecker, path: Path | None, base_dir: Path, text_
     variants = check_methods(suite, ctx)
     _check_training(suite, variants, ctx)
     _check_eval_launcher_report(suite, variants, ctx, base_dir)
+    check_protocol(suite, variants, ctx, base_dir)
     ctx.raise_if_any()
     return LoadedSuite(suite=suite, path=path, base_dir=base_dir, text_hash=text_hash, source=ctx.source)
 

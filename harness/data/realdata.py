@@ -72,7 +72,8 @@ def _validate(records: list[Record], fmt: str, source: str, extra_meta: dict):
     return pairs, bad
 
 
-def _prompt_key(prompt) -> str:
+def prompt_key(prompt) -> str:
+    """A prompt (text or message list) as a comparable key: prompts group by it."""
     return json.dumps(prompt, sort_keys=True, ensure_ascii=False)
 
 
@@ -81,7 +82,7 @@ def _heldout_slice(pairs: list[PreferencePair], size: int, seed: int):
     from the end into held-out while they fit in ``size``."""
     groups: dict[str, list[PreferencePair]] = {}
     for p in pairs:
-        groups.setdefault(_prompt_key(p.prompt), []).append(p)
+        groups.setdefault(prompt_key(p.prompt), []).append(p)
     order = list(groups.values())
     random.Random(seed).shuffle(order)
     heldout_groups, train_groups, n_held = [], [], 0
@@ -147,10 +148,10 @@ def _heldout_from_split(pairs, held_pairs, spec, seed: int, stats: dict):
     heldout = heldout[:spec.heldout_size]
     per_prompt: dict[str, int] = {}
     for p in train:
-        per_prompt[_prompt_key(p.prompt)] = per_prompt.get(_prompt_key(p.prompt), 0) + 1
+        per_prompt[prompt_key(p.prompt)] = per_prompt.get(prompt_key(p.prompt), 0) + 1
     stats["heldout_from"] = f"split:{spec.heldout_split}"
     # official splits are used as published; the overlap is reported, not removed
-    stats["heldout_prompts_in_train"] = sum(_prompt_key(p.prompt) in per_prompt for p in heldout)
+    stats["heldout_prompts_in_train"] = sum(prompt_key(p.prompt) in per_prompt for p in heldout)
     stats["prompts_with_several_pairs"] = sum(1 for n in per_prompt.values() if n > 1)
     return train, heldout
 

@@ -6,7 +6,10 @@ mean something (an exact-match oracle scores every generation). Each task provid
 * SFT examples (prompt, response) to train the reference/initial policy,
 * preference pairs for training, and held-out pairs (with the gold answer in
   ``pair.meta["answer"]``) for evaluation,
-* ``score(meta, text) -> float``, the oracle, and ``alphabet`` for the char tokenizer.
+* ``score(meta, text) -> float``, the oracle (exact match), ``graded(meta, text) -> float``,
+  a graded oracle in [0, 1] that gives partial credit and is 1 exactly when ``score`` is
+  (it ranks on-policy samples, where exact match alone ties most pairs), and ``alphabet``
+  for the char tokenizer.
 
 Tasks:
 
@@ -99,6 +102,10 @@ class EmbeddedTask:
         """Exact match of the generated text (whitespace-stripped) with the gold answer."""
         return float(text.strip() == meta["answer"])
 
+    def graded(self, meta: dict, text: str) -> float:
+        """Partial credit in [0, 1], 1 exactly for a correct answer; the default is exact match."""
+        return self.score(meta, text)
+
     @classmethod
     def describe(cls) -> str:
         lines = [f"{cls.name}: {(cls.__doc__ or '').strip().splitlines()[0]}"]
@@ -123,6 +130,26 @@ def _flip(pairs: list[PreferencePair], rate: float, seed: int) -> int:
         p.chosen, p.rejected = p.rejected, p.chosen
         p.meta["flipped"] = True
     return len(idx)
+
+
+def right_aligned_match(answer: str, text: str) -> float:
+    """Share of positions, aligned from the right, where ``answer`` and ``text`` agree, over
+    the longer length (1 only when they are equal; 0 for an empty text)."""
+    n = max(len(answer), len(text))
+    if n == 0:
+        return 1.0
+    return sum(a == b for a, b in zip(reversed(answer), reversed(text))) / n
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edits (insertions, deletions, substitutions) that turn ``a`` into ``b``."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
 
 
 # --------------------------------------------------------------------------- addition
@@ -151,6 +178,12 @@ class Addition(EmbeddedTask):
         if a.n_sft + a.n_heldout > space:
             raise SettingError(f"n_sft + n_heldout = {a.n_sft + a.n_heldout} exceeds the {space} distinct "
                                f"{a.digits}-digit problems; lower them or raise digits", ("n_sft",))
+
+    def graded(self, meta: dict, text: str) -> float:
+        """Digit-level credit: the answer and the text aligned at their last digit (place
+        value), the share of positions that agree, over the longer of the two. "46" for 45
+        scores 1/2, "145" scores 2/3, "54" scores 0; only the exact answer scores 1."""
+        return right_aligned_match(meta["answer"], text.strip())
 
     def _wrong(self, rng: random.Random, s: int) -> str:
         if self.args.rejected == "random":
@@ -221,6 +254,11 @@ class Reverse(EmbeddedTask):
     def check(a: ReverseArgs) -> None:
         if a.min_len > a.max_len:
             raise SettingError(f"min_len ({a.min_len}) must be <= max_len ({a.max_len})", ("min_len",))
+
+    def graded(self, meta: dict, text: str) -> float:
+        """Edit-distance credit: ``1 - levenshtein(answer, text) / max(len(answer), len(text))``
+        (one wrong, missing or extra letter in 8 scores 7/8; only the exact answer scores 1)."""
+        return 1.0 - levenshtein(meta["answer"], text.strip()) / max(len(meta["answer"]), len(text.strip()), 1)
 
     def generate(self, label_noise: float = 0.0) -> TaskData:
         a = self.args

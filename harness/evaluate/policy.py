@@ -9,8 +9,9 @@ Returns flat ``metrics.json`` entries (see docs/metrics.md for the definitions):
 * ``displacement/*``: mean summed log-probability of held-out chosen and rejected responses
   under the reference and under the policy, and their change (likelihood displacement).
 * ``task/accuracy``: the embedded task's oracle (exact match) on greedy answers to held-out
-  prompts; ``winrate/*``: those answers judged against the SFT policy's greedy answers by the
-  oracle, through alpaca-eval's win-rate functions (and the length-controlled win rate).
+  prompts; ``task/score`` its graded oracle (partial credit, 1 for an exact match);
+  ``winrate/*``: those answers judged against the SFT policy's greedy answers by the oracle,
+  through alpaca-eval's win-rate functions (and the length-controlled win rate).
 * ``kl/policy_ref``: Monte-Carlo KL(policy || reference) over sampled responses: the mean
   over samples of sum_t [log pi(y_t) - log pi_ref(y_t)].
 * ``diversity/*``: Self-BLEU, Distinct-2/4, entropy (and semantic diversity) of several
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ..core.batch import pad_stack, sequence_logps
+from ..core.batch import sequence_logps
 from ..metrics import record_item_mean
 from ..data.tokenize import encode_prompt, tokenize
 from ..results import JsonlWriter
@@ -105,6 +106,9 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
             record_item_mean(m, "task/accuracy", scores)
             record_item_mean(m, "task/accuracy_sft", bscores)
             m["task/n"] = len(scores)
+            # partial credit (the reward of the reward-KL frontier; docs/protocol.md)
+            record_item_mean(m, "task/score", [data.task.graded(p.meta, t) for p, t in zip(gen_prompts, texts)])
+            record_item_mean(m, "task/score_sft", [data.task.graded(p.meta, t) for p, t in zip(gen_prompts, btexts)])
         if scores is not None:
             if spec.winrate:
                 from .winrate import judge_by_oracle, winrate

@@ -17,7 +17,10 @@ from typing import Any, Callable, Iterable
 
 from harness.paths import PROJECT_ROOT
 
-STAGE_ORDER = ("sft", "cell")  # sft stages produce the checkpoints the cells start from
+# sft stages produce the checkpoints the cells start from; onpolicy stages sample from those
+# checkpoints the data some cells train on
+STAGE_ORDER = ("sft", "onpolicy", "cell")
+RESOURCES = ("sft", "cell")  # the SLURM profile's sections; an onpolicy stage runs with "sft"'s
 
 ProgressFn = Callable[[dict], None]
 
@@ -34,7 +37,7 @@ class Job:
     fn: Callable[..., Any]
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
-    stage: str = "cell"               # "sft" jobs run and finish before "cell" jobs start
+    stage: str = "cell"               # each stage's jobs run and finish before the next stage's start
     resources: str = "cell"           # key into the SLURM profile: "sft" | "cell"
     log_hint: str | None = None       # the job's own log (its cell folder), shown in summaries
 
@@ -60,8 +63,8 @@ def check_jobs(jobs: list[Job]) -> None:
         seen.add(j.name)
         if j.stage not in STAGE_ORDER:
             raise ValueError(f"job {j.name!r}: stage {j.stage!r} is not one of {STAGE_ORDER}")
-        if j.resources not in STAGE_ORDER:
-            raise ValueError(f"job {j.name!r}: resources {j.resources!r} is not one of {STAGE_ORDER}")
+        if j.resources not in RESOURCES:
+            raise ValueError(f"job {j.name!r}: resources {j.resources!r} is not one of {RESOURCES}")
         if not callable(j.fn):
             raise ValueError(f"job {j.name!r}: fn is not callable")
 

@@ -5,12 +5,15 @@ How a run goes:
 1. The code is snapshotted (``harness/`` and ``methods/`` copied to ``<work_dir>/snapshot/<stamp>``)
    and every job puts that copy first on its import path (``snapshot_setup``), so jobs that wait
    in the queue, or are requeued days later, run the code as it was at submission.
-2. The SFT jobs go in as one array, the cell jobs as another submitted right away with
-   ``--dependency=afterany:<sft array ids>``: the whole sweep is queued at once, the scheduler
-   holds the cells until every SFT job has ended (however it ended: a cell whose SFT stage did
-   not finish stays pending with that reason), and nothing depends on the submitting process
-   staying alive; rerunning the suite skips finished cells and watches the jobs still queued or
-   running (``<work_dir>/slurm_jobs.json``) instead of submitting them again.
+2. The SFT jobs go in as one array, the on-policy sample stages (when a suite has them) as
+   another, the cell jobs as a third, each submitted right away with
+   ``--dependency=afterany:<the earlier stages' array ids>``: the whole sweep is queued at once,
+   the scheduler holds each stage until every job of the earlier ones has ended (however it
+   ended: a cell whose SFT stage did not finish fails with that reason), and nothing depends
+   on the submitting process staying alive; rerunning the suite skips finished cells and
+   watches the jobs still queued or running (``<work_dir>/slurm_jobs.json``) instead of
+   submitting them again. (A tuned suite is two such launches: trials, then finals; see
+   ``harness.tuning``.)
    ``--array=0-N%P`` caps running tasks at ``launcher.parallelism``.
 3. Each job runs a ``JobCall`` (a ``submitit.helpers.Checkpointable``): at a time limit or a
    preemption submitit calls its ``checkpoint()``, which requeues the same call (up to the
@@ -45,6 +48,7 @@ import submitit
 
 from harness.errors import UserError
 from harness.launch.base import (
+    RESOURCES,
     STAGE_ORDER,
     Job,
     JobOutcome,
@@ -316,13 +320,13 @@ def _submit_all(jobs: list[Job], work_dir: Path, profile: SlurmProfile, parallel
               f"submitting them again", file=sys.stderr, flush=True)
     stages = by_stage([j for j in jobs if j.name not in attached]) if len(attached) < len(jobs) else []
     setup = snapshot_setup(snapshot_code(work_dir), Path.cwd()) if profile.snapshot and stages else []
-    sft_arrays = sorted({array_id(h) for name, (j, h) in submitted.items() if j.stage == STAGE_ORDER[0]})
+    order = {s: i for i, s in enumerate(STAGE_ORDER)}
     for group in stages:
         stage = group[0].stage
-        dependency = None
-        if stage != STAGE_ORDER[0] and sft_arrays:
-            dependency = "afterany:" + ":".join(sft_arrays)
-        for res_key in STAGE_ORDER:
+        # every array of the stages before this one (attached or submitted now)
+        earlier = sorted({array_id(h) for j, h in submitted.values() if order[j.stage] < order[stage]})
+        dependency = "afterany:" + ":".join(earlier) if earlier else None
+        for res_key in RESOURCES:
             members = [j for j in group if j.resources == res_key]
             if not members:
                 continue
@@ -346,8 +350,6 @@ def _submit_all(jobs: list[Job], work_dir: Path, profile: SlurmProfile, parallel
             for j, h in zip(members, handles):
                 submitted[j.name] = (j, h)
             _write_record(work_dir, {j.name: h.job_id for j, h in zip(members, handles)})
-            if stage == STAGE_ORDER[0]:
-                sft_arrays.extend(sorted({array_id(h) for h in handles}))
 
 
 RECORD_FILE = "slurm_jobs.json"

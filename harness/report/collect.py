@@ -54,6 +54,9 @@ ID_COLUMNS = ["cell_id", "state", "model", "dataset", "method", "label", "seed",
 TOKEN_IMPORTANCE_FILE = "token_importance.json"
 REPORTED_FILE = "reported.csv"
 PROVENANCE_COLUMNS = ["git_commit", "git_dirty", "git_dirty_files", "smoke", "sft_per_seed"]
+# a tuned suite's cells (config.yaml ``tuning``): role "trial" (dev) / "final" / "cell", the
+# method entry, and the searched values (JSON)
+TUNING_COLUMNS = ["role", "entry", "point"]
 STATE_ORDER = ["done", "failed", "running", "pending", "new", "unreadable", "superseded"]
 
 
@@ -67,6 +70,8 @@ class Collected:
     ``data_key`` identifies the data set's config apart from name and label noise.
     ``curves``: long form ``cell_id, model, dataset, method, label, seed, label_noise, step,
     metric, value``. ``labels``: row order for tables (see :func:`_label_order`).
+    ``trials``: a tuned suite's trials (scored on the dev split), with the same columns as
+    ``cells`` (:data:`TUNING_COLUMNS` among them); ``cells`` then holds every other cell.
     ``token_importance``: cell id -> list of examples. ``notes``: things the reader should know
     (unreadable files, baseline fallbacks). ``cells`` also has the provenance columns
     :data:`PROVENANCE_COLUMNS`. ``smoke``: the results come from ``run --smoke`` (a cell's
@@ -87,6 +92,7 @@ class Collected:
     notes: list[str] = field(default_factory=list)
     smoke: bool = False
     smoke_inferred: bool = False
+    trials: pd.DataFrame | None = None
 
     @property
     def done(self) -> pd.DataFrame:
@@ -292,6 +298,9 @@ def _cell_row(entry: dict, notes: list[str]) -> tuple[dict, dict[str, float]]:
         "data_note": _data_drop_note(metrics),  # not a column: collected into the report's notes
     }
     row.update(_provenance(d, cfg))
+    tuning = _get(cfg, "tuning") if isinstance(_get(cfg, "tuning"), dict) else {}
+    row.update(role=str(tuning.get("role") or "cell"), entry=str(tuning.get("entry") or row["label"]),
+               point=json.dumps(tuning.get("point") or {}, sort_keys=True, default=str))
     values = {}
     for k, v in metrics.items():
         if "/" not in k or k.startswith("_"):
@@ -391,14 +400,19 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
     metric_cols = sorted({k for v in values for k in v})
     cells = pd.DataFrame(rows, columns=ID_COLUMNS + ["hparams", "reason", "fault_step",
                                                      "last_metrics", "updated"]
-                         + PROVENANCE_COLUMNS)
+                         + PROVENANCE_COLUMNS + TUNING_COLUMNS)
     mvals = pd.DataFrame([[v.get(k, math.nan) for k in metric_cols] for v in values],
                          columns=metric_cols, dtype=float)
     cells = pd.concat([cells, mvals], axis=1)
+    # a tuned suite's trials are scored on dev: they go to the tuning tables, never the main ones
+    is_trial = cells["role"] == "trial"
+    trials = cells[is_trial].reset_index(drop=True)
+    cells = cells[~is_trial].reset_index(drop=True)
     _supersede(cells)
     curve_cols = ["cell_id", "model", "dataset", "method", "label", "seed", "label_noise",
                   "step", "metric", "value"]
-    curves_df = pd.DataFrame(curves, columns=curve_cols)
+    trial_ids = set(trials["cell_id"])
+    curves_df = pd.DataFrame([c for c in curves if c["cell_id"] not in trial_ids], columns=curve_cols)
     name = suite_yaml.get("name") if isinstance(suite_yaml.get("name"), str) else None
     if name is None:
         names = {str(_get(e.get("config"), "suite")) for e in entries if _get(e.get("config"), "suite")}
@@ -424,7 +438,7 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
         labels=_label_order(cells, suite_yaml), metric_columns=metric_cols,
         baseline=baseline, main_metrics=main,
         token_importance=ti, reported=reported, notes=notes, smoke=smoke or inferred,
-        smoke_inferred=inferred)
+        smoke_inferred=inferred, trials=trials)
 
 
 def _plan_members(suite_dir: Path, entries: list[dict], notes: list[str]) -> list[dict]:

@@ -53,9 +53,15 @@ def sections(tables: list[Table], figures: list[FigureResult]) -> list[tuple[str
            ("Main results", main), ("Comparison with the baseline", comp)]
     if "reported_vs_reproduced" in by:
         out.append(("Reported vs reproduced", [by["reported_vs_reproduced"]]))
+    if "tuning_choice" in by:
+        out.append(("Tuning (settings chosen on the dev split)", [by["tuning_choice"]]))
     out += [("Figures", figures), ("Diversity, cost and displacement", other)]
+    if "onpolicy_data" in by:
+        out.append(("On-policy training data", [by["onpolicy_data"]]))
     if "hparams" in by:
         out.append(("Configuration", [by["hparams"]]))
+    if "tuning_search" in by:
+        out.append(("Appendix: the whole search", [by["tuning_search"]]))
     return [(h, items) for h, items in out if items]
 
 

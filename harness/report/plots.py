@@ -424,11 +424,14 @@ def build_figures(col: Collected, summ: Summary) -> list[FigureResult]:
     """Every figure of the report, in reading order (skipped ones included, without image)."""
     from .profiles import profile_figure
 
+    from .tuning import tuning_figures
+
     token = _SMOKE.set(bool(col.smoke))
     try:
         figs = _figures(col, summ)
         with _style():
             figs.append(profile_figure(col, summ, _colors(col.labels)))
+        figs += tuning_figures(col)
     finally:
         _SMOKE.reset(token)
     if col.smoke:

@@ -393,6 +393,12 @@ def build_tables(col: Collected, summ: Summary) -> list[Table]:
     ):
         if t is not None:
             out.append(t)
+    from .tuning import onpolicy_table, tuning_tables
+
+    out += tuning_tables(col)
+    op = onpolicy_table(col)
+    if op is not None:
+        out.append(op)
     out += status_tables(col)
     prov = provenance_table(col)
     if prov is not None:

@@ -264,10 +264,11 @@ def done_problem(folder: str | os.PathLike, kind: str = "cell") -> str | None:
 
     A cell needs a ``metrics.json`` that parses as a JSON object; an SFT stage (``kind``
     "sft") a readable ``stage.json`` and an intact ``model/`` (see
-    :func:`saved_model_problem`). Deleting such a file and rerunning is how a user asks for the
+    :func:`saved_model_problem`); an on-policy sample stage a readable ``stage.json`` and its
+    ``samples.jsonl``. Deleting such a file and rerunning is how a user asks for the
     result to be made again, so a missing one is a reason to rerun, not an error."""
     folder = Path(folder)
-    name = "stage.json" if kind == "sft" else METRICS_FILE
+    name = "stage.json" if kind in ("sft", "onpolicy") else METRICS_FILE
     try:
         data = read_json(folder / name)
     except FileNotFoundError:
@@ -278,4 +279,6 @@ def done_problem(folder: str | os.PathLike, kind: str = "cell") -> str | None:
         return f"{folder / name}: not a JSON object"
     if kind == "sft":
         return saved_model_problem(folder / "model")
+    if kind == "onpolicy" and not (folder / "samples.jsonl").is_file():
+        return f"{folder / 'samples.jsonl'}: missing"
     return None
