@@ -316,6 +316,7 @@ def _run_sft(suite_dir: Path, folder: Path, guard=None) -> dict:
     _report_drops(tdata, data, "SFT examples", sft)
     res = train(model, tdata, SFTObjective(), sft, seed, folder, tokenizer=tok, desc=f"sft {folder.name}",
                 on_step=guard)
+    model = res.model  # under FSDP: the gathered, unsharded model (core/sharded.py)
     if _rank()[0] != 0:
         return {}
     model = model.cpu()
@@ -402,6 +403,7 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
             features.ref_id = stage_info["weights_fingerprint"]
         train_res = train(policy, tdata, PreferenceObjective(method, features), tspec, seed, folder,
                           tokenizer=tok, desc=f"{cfg.method.label} s{seed}", on_step=guard)
+        policy = train_res.model  # under FSDP: the gathered, unsharded model (core/sharded.py)
         # the training steps' own time, summed over every process that ran them (resumes included)
         t_train = train_res.wall_s
     if _rank()[0] != 0:

@@ -36,10 +36,16 @@ def pairs(n: int = 16, seed: int = 0) -> list[PreferencePair]:
     return out
 
 
+class Stopped(Exception):
+    """Raised by ``run_dpo(stop_at=...)``: an interruption after a step, in-process."""
+
+
 def run_dpo(run_dir: Path, *, steps: int = 6, batch_size: int = 4, grad_accum: int = 1, seed: int = 0,
             checkpoint_every: int = 0, kill_at: int | None = None, method: str = "dpo", cache_dir=None,
-            counters=None, lr: float = 1e-2):
-    """A small DPO training; returns (model, TrainResult, counters)."""
+            counters=None, lr: float = 1e-2, stop_at: int | None = None):
+    """A small DPO training; returns (model, TrainResult, counters). ``kill_at``: SIGKILL the
+    process after that step; ``stop_at``: raise ``Stopped`` there (in every process of a
+    distributed run alike, so none is left waiting in a collective)."""
     import methods
 
     model, tok = tiny(0)
@@ -55,6 +61,8 @@ def run_dpo(run_dir: Path, *, steps: int = 6, batch_size: int = 4, grad_accum: i
     def hook(step, rec):
         if kill_at is not None and step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        if stop_at is not None and step == stop_at:
+            raise Stopped(step)
 
     res = train(model, data, PreferenceObjective(m, feats), cfg, seed, run_dir, tokenizer=tok, on_step=hook)
     return model, res, counters

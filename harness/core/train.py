@@ -34,6 +34,7 @@ import torch
 
 from ..data.tokenize import TokenizedData
 from ..schema import TrainSpec
+from . import sharded
 from .batch import collate, compact, gather_logps, response_logits
 
 
@@ -188,6 +189,9 @@ class TrainResult:
     last_metrics: dict
     resumed_from: int | None
     damaged_checkpoints: list[str] = field(default_factory=list)  # skipped on resume, file named
+    # the trained model to evaluate and save: the one passed in, or under FSDP a plain copy
+    # with the gathered weights on the main process (None on the others; core/sharded.py)
+    model: Any = None
 
 
 def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_dir: Path, *,
@@ -205,13 +209,20 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
     if cfg.trackers:
         acc.init_trackers(project_name=Path(run_dir).name)
     device = acc.device
+    sharded.check(acc)
+    fsdp = sharded.active(acc)
     model.to(device)
     model.train()
     opt = make_optimizer(model, cfg)
     ckpt_root = run_dir / "checkpoints"
-    resumed, damaged = resume(ckpt_root, model, opt, device)
+    # under FSDP the optimizer state is loaded after prepare, into the shards (core/sharded.py)
+    resumed, damaged = resume(ckpt_root, model, None if fsdp else opt, device)
     start = resumed or 0
+    skel = sharded.skeleton(model) if fsdp and acc.is_main_process else None
     model, opt = acc.prepare(model, opt)
+    if fsdp and resumed is not None:
+        sharded.load_full(model, opt, ckpt_root / f"step-{resumed:08d}", device)
+    full_state = None
     log_path = run_dir / log_name
     writer = None
     if acc.is_main_process:  # one writer per file: other ranks never touch the log
@@ -284,16 +295,23 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
             bar.update(1)
             bar.set_postfix(loss=f"{rec.get('loss', float('nan')):.4f}")
         done = step + 1 == cfg.steps
-        if acc.is_main_process and (done or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)):
-            save_checkpoint(ckpt_root, step + 1, acc.unwrap_model(model), opt)
-            rotate_checkpoints(ckpt_root, cfg.keep_checkpoints)
+        if done or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
+            # under FSDP every process takes part in gathering the full states
+            full_state, full_opt = sharded.gather(acc, model, opt) if fsdp else (None, None)
+            if acc.is_main_process:
+                save_checkpoint(ckpt_root, step + 1, acc.unwrap_model(model), opt, full_state, full_opt)
+                rotate_checkpoints(ckpt_root, cfg.keep_checkpoints)
     if writer is not None:
         writer.close()
     if cfg.trackers:
         acc.end_training()
     if bar is not None:
         bar.close()
-    return TrainResult(cfg.steps, step_time, total_tokens, last_metrics, resumed, damaged)
+    if fsdp:
+        if start >= cfg.steps:  # resumed from the final checkpoint (else the last step gathered the weights)
+            full_state, _ = sharded.gather(acc, model)
+    trained = sharded.unsharded(acc, skel, full_state, device) if fsdp else acc.unwrap_model(model)
+    return TrainResult(cfg.steps, step_time, total_tokens, last_metrics, resumed, damaged, trained)
 
 
 def log_means(log_path: Path, keys) -> dict[str, float]:
@@ -363,12 +381,14 @@ class CheckpointDamaged(RuntimeError):
     """A checkpoint that cannot be resumed from; the message names the file and why."""
 
 
-def save_checkpoint(root: Path, step: int, model, opt) -> Path:
+def save_checkpoint(root: Path, step: int, model, opt, model_state: dict | None = None,
+                    opt_state: dict | None = None) -> Path:
     """``root/step-XXXXXXXX/``: weights (safetensors), optimizer state, then ``meta.json``
     last, so a checkpoint without meta.json is incomplete and ignored. Each file is fsynced
     before meta.json is written and the folder renamed into place (then the rename is fsynced
     too), so after a power loss a checkpoint with meta.json has all its bytes; weight files get
-    the mode of every other result file (0666 less the umask)."""
+    the mode of every other result file (0666 less the umask). ``model_state``/``opt_state``:
+    states gathered already (FSDP, ``sharded.gather``), written instead of the objects' own."""
     from safetensors.torch import save_file
 
     from ..results import atomic_write_json
@@ -380,10 +400,10 @@ def save_checkpoint(root: Path, step: int, model, opt) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in (model_state or model.state_dict()).items()}
     # tied weights share storage; safetensors refuses shared tensors, so clone them
     save_file({k: v.clone() for k, v in state.items()}, str(tmp / "model.safetensors"))
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    torch.save(opt_state if opt_state is not None else opt.state_dict(), tmp / "optimizer.pt")
     share_like_other_files([tmp / "model.safetensors", tmp / "optimizer.pt"])
     for name in ("model.safetensors", "optimizer.pt"):
         fsync_file(tmp / name)
@@ -420,6 +440,9 @@ def load_checkpoint(d: Path, model, opt, device) -> int:
 
     d = Path(d)
     weights, optim, meta = d / "model.safetensors", d / "optimizer.pt", d / "meta.json"
+    # safetensors and torch.load take "cpu" but not "cpu:0", the device accelerate gives each CPU
+    # process of a distributed run; loading to "cpu" and copying into the model is the same
+    where = "cpu" if torch.device(device).type == "cpu" else str(device)
     problem = safetensors_problem(weights)
     if problem:
         raise CheckpointDamaged(problem)
@@ -428,7 +451,7 @@ def load_checkpoint(d: Path, model, opt, device) -> int:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointDamaged(f"{meta}: unreadable ({type(e).__name__}: {e})") from e
     try:
-        state = load_file(str(weights), device=str(device))
+        state = load_file(str(weights), device=where)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
         raise CheckpointDamaged(f"{weights}: cannot be loaded ({type(e).__name__}: {e})") from e
     own = model.state_dict()
@@ -437,7 +460,7 @@ def load_checkpoint(d: Path, model, opt, device) -> int:
     opt_state = None
     if opt is not None:
         try:
-            opt_state = torch.load(optim, map_location=device, weights_only=True)
+            opt_state = torch.load(optim, map_location=where, weights_only=True)
         except Exception as e:  # noqa: BLE001 - zip, pickle and weights-only errors alike
             raise CheckpointDamaged(f"{optim}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     model.load_state_dict(state)
