@@ -53,6 +53,15 @@ SHAPES: dict[str, Shape] = {
              mlp_bias=False, rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
         1_235_814_400, "https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json"),
+    # the model slurm/gpu-8b.yaml is sized for (benchmarks/gpu_memory.py); too big for one card's DPO step
+    "llama-3.1-8b": Shape(
+        "llama",
+        dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+             num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False, rms_norm_eps=1e-5,
+             rope_theta=500000.0, max_position_embeddings=131072, hidden_act="silu", attention_bias=False,
+             mlp_bias=False, rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+        8_030_261_248, "https://huggingface.co/meta-llama/Llama-3.1-8B/blob/main/config.json"),
     # the CI size: the same code path in seconds on one CPU thread
     "tiny": Shape(
         "llama",
