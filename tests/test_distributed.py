@@ -57,8 +57,8 @@ def _launch(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(LAUNCH + args, env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
 
-def _suite_with_sft(tmp_path: Path, name: str) -> tuple[Path, str]:
-    plan = config.expand(config.load_suite_dict(SUITE))
+def _suite_with_sft(tmp_path: Path, name: str, methods: list | None = None) -> tuple[Path, str]:
+    plan = config.expand(config.load_suite_dict({**SUITE, "methods": methods or SUITE["methods"]}))
     suite_dir = tmp_path / name
     materialize(plan, suite_dir)
     run_job(str(suite_dir), "sft", plan.sft_stages[0].stage_id)
@@ -84,12 +84,18 @@ def test_two_process_cell_under_accelerate_launch(tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp_cell_matches_ddp_cell(tmp_path):
+@pytest.mark.parametrize("method", [
+    {"name": "dpo"},
+    # TI-DPO: anchors sampled from the sharded policy (generate syncs the ranks: transformers sees
+    # torch's FSDP-managed modules) and token weights from a backward to the input embeddings
+    {"name": "tidpo", "hparams": {"importance_source": "policy", "anchor_max_new_tokens": 4}},
+], ids=["dpo", "tidpo"])
+def test_fsdp_cell_matches_ddp_cell(tmp_path, method):
     """The same cell trained sharded (FSDP2) and data-parallel (DDP), two processes each: the
     model is really sharded (DTensor parameters on both ranks), every logged step and the
     evaluation agree, and rank 0 evaluates a plain, gathered model."""
-    ddp_dir, cell = _suite_with_sft(tmp_path, "ddp")
-    fsdp_dir, _ = _suite_with_sft(tmp_path, "fsdp")
+    ddp_dir, cell = _suite_with_sft(tmp_path, "ddp", [method])
+    fsdp_dir, _ = _suite_with_sft(tmp_path, "fsdp", [method])
     ddp = _check_done(_launch(["--multi_gpu", "-m", "harness.runner", str(ddp_dir), "cell", cell], tmp_path),
                       ddp_dir, cell)
     r = _launch(FSDP + [str(HERE / "fsdp_cpu.py"), "-m", "harness.runner", str(fsdp_dir), "cell", cell], tmp_path)
