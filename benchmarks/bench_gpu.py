@@ -16,7 +16,8 @@ up to 1,024 tokens a row by default) for ``--steps`` steps from the same seeded 
   log-prob cache (timed once, as "reference pass"), then dropped; DPO and TI-DPO (token weights
   from the policy, every step, or from the reference, cached);
 * TRL: ``DPOTrainer`` with its defaults (a reference forward every step), with
-  ``precompute_ref_log_probs``, and with ``train_sampling_strategy="group_by_length"``.
+  ``precompute_ref_log_probs`` (and no ``ref_model``: no reference held while training), and
+  with ``train_sampling_strategy="group_by_length"``.
 
 Rounds alternate harness and TRL and reverse the order every other round. A row's throughput
 is 1 / median(step period / step tokens) over every timed step of every round; its MFU is the
@@ -247,7 +248,9 @@ class Bench:
                 use_cpu=not self.cuda, bf16=self.cuda, gradient_checkpointing=False, report_to="none",
                 logging_strategy="no", save_strategy="no", disable_tqdm=True, seed=SEED, max_grad_norm=1.0,
                 weight_decay=0.0, dataloader_num_workers=0, **extra)
-            trainer = DPOTrainer(model=self.build(), ref_model=self.build(), args=args,
+            # precompute: no ref_model, so TRL fills its log-probs from the (identical) initial policy
+            # and holds no reference while training, as the harness does
+            trainer = DPOTrainer(model=self.build(), ref_model=None if precompute else self.build(), args=args,
                                  train_dataset=Dataset.from_list(rows), processing_class=self.tok, callbacks=[Stamp()])
         if not self.checked_trl:
             self._check_same_tokens(trainer.train_dataset)
@@ -265,7 +268,8 @@ class Bench:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             trainer.train()
-        out = {**self.measured(stamps, per_step), "peak_gb": peak_gb(self.device), "optimizer": str(args.optim)}
+        out = {**self.measured(stamps, per_step), "peak_gb": peak_gb(self.device), "optimizer": str(args.optim),
+               "reference_held": trainer.ref_model is not None}
         del trainer
         return out
 
@@ -316,7 +320,7 @@ def run_variant(shape: str, variant, rows: list[str], args, workdir: Path, peak:
             r = b.harness(row) if row in HARNESS_ROWS else b.trl(row)
             runs[row].append(r)
             tok = sum(r["tokens"]) / max(sum(r["periods"]), 1e-12)
-            mem = "-" if r["peak_gb"] is None else f"{r['peak_gb']:.1f} GB"
+            mem = "n/a (CPU)" if r["peak_gb"] is None else f"{r['peak_gb']:.1f} GB"
             log(f"  round {rnd + 1} {row:38s} {tok:10.0f} tok/s (mean step)  peak memory {mem}")
     free(b.device)
     return {"reference_pass_s": b.reference_pass_s, "runs": runs,

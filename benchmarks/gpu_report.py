@@ -15,6 +15,10 @@ def _params(n: int) -> str:
     return f"{n / 1e9:.3f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
 
+def _peak(gib) -> str:
+    return "n/a (CPU: torch keeps no allocator statistics)" if gib is None else f"{gib:.2f}"
+
+
 def _ratio(a, b) -> str:
     return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
@@ -43,7 +47,7 @@ def table(res: dict) -> str:
             for row, x in summ.items():
                 lines.append(f"| {row} | {vname} | {_f(x['step_ms'], '.1f')} | {_f(x['tokens_per_s'], '.0f')} | "
                              f"{_ratio(x['tokens_per_s'], base)} | {_ratio(x['tokens_per_s'], pre)} | "
-                             f"{_f(x['tflops'], '.3g')} | {_f(x['mfu'], '.1%')} | {_f(x['peak_gb'], '.2f')} |")
+                             f"{_f(x['tflops'], '.3g')} | {_f(x['mfu'], '.1%')} | {_peak(x['peak_gb'])} |")
         lines.append("")
         for vname, v in shape["variants"].items():
             if v.get("skipped"):

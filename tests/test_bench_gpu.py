@@ -99,9 +99,11 @@ def test_tiny_run_on_cpu(tmp_path):
     runs = v["sdpa"]["runs"]
     assert runs["harness DPO"][0]["counters"]["ref_cache_hit"] == 1  # the cell's cached reference
     assert "ref_forward" not in runs["harness DPO"][0]["counters"]  # no reference in the step
+    assert [runs[r][0]["reference_held"] for r in ("TRL DPO", "TRL DPO, precompute_ref_log_probs")] == [True, False]
     # the same data: a step's tokens are its pairs' prompt + chosen and prompt + rejected tokens
     assert all(t > 0 for r in runs.values() for t in r[0]["tokens"])
     md = js[0].with_suffix(".md").read_text()
+    assert all(s["peak_gb"] is None for s in summ.values()) and "| n/a (CPU" in md  # no CUDA allocator here
     assert "## Goals" in md and "harness DPO tokens/s >= TRL DPO" in md and "not run: " in md
     import gpu_report
 
