@@ -267,8 +267,13 @@ def _run_sft(suite_dir: Path, folder: Path, guard=None) -> dict:
     tdata = tokenize(data.sft, tok, sft.max_length, sft.max_prompt_length, mspec.chat_template,
                      cache_dir=suite_dir / "_cache")
     _require_pairs(tdata, data, "SFT examples", sft)
+    from .trackers import for_run
+
+    trk = for_run(_plain(folder), folder, "sft") if _rank()[0] == 0 else None
     res = train(model, tdata, SFTObjective(), sft, seed, folder, tokenizer=tok, desc=f"sft {folder.name}",
-                on_step=guard)
+                on_step=guard, trackers=trk)
+    if trk is not None:
+        trk.finish({"final_loss": res.last_metrics.get("loss"), "wall_s": res.wall_s})
     if _rank()[0] != 0:
         return {}
     model = model.cpu()
@@ -335,7 +340,7 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
             enable_gradient_checkpointing(policy)
         if mspec.lora is not None:
             policy = apply_lora(policy, mspec)
-    train_res = None
+    train_res = trk = None
     counters: dict = {}
     t_train = 0.0
     tdata = tokenize(data.train, tok, tspec.max_length, tspec.max_prompt_length, mspec.chat_template,
@@ -349,8 +354,14 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
                             pad_id=tok.pad_token_id, tokenizer=tok, counters=counters)
         if stage_info.get("weights_fingerprint"):
             features.ref_id = stage_info["weights_fingerprint"]
+        from .evaluate.curves import heldout_curve
+        from .trackers import for_run
+
+        trk = for_run(_plain(folder), folder, "cell") if _rank()[0] == 0 else None
+        curve = heldout_curve(lambda: init()[0], tok, data, espec, tspec, mspec.chat_template)
         train_res = train(policy, tdata, PreferenceObjective(method, features), tspec, seed, folder,
-                          tokenizer=tok, desc=f"{cfg.method.label} s{seed}", on_step=guard)
+                          tokenizer=tok, desc=f"{cfg.method.label} s{seed}", on_step=guard, trackers=trk,
+                          evaluator=curve)
         # the training steps' own time, summed over every process that ran them (resumes included)
         t_train = train_res.wall_s
     if _rank()[0] != 0:
@@ -399,6 +410,8 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
     if guard is not None:
         guard()
     atomic_write_json(folder / "metrics.json", metrics)
+    if train_res is not None and trk is not None:
+        trk.finish(metrics)
     if tspec.keep_model:
         from .models import save_model
         from .results.layout import share_like_other_files
@@ -407,6 +420,13 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
         share_like_other_files((folder / "model").glob("*.safetensors"))
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/" in k}}
+
+
+def _plain(folder: Path) -> dict:
+    """A job's config.yaml as plain data (what trackers record as the run's config)."""
+    import yaml
+
+    return yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
 
 
 # Logged per-step values whose mean over the run goes into metrics.json as train/<key>:

@@ -8,12 +8,12 @@ results: a suite moved with its files, or run on another launcher, keeps its ids
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..paths import resolve, slug
-from ..schema import SFT_METHOD, DatasetSpec, Suite
+from ..schema import SFT_METHOD, DatasetSpec, Suite, as_config, merge_train
 from .ids import config_hash
 from .suite import LoadedSuite
 from .variants import method_variants
@@ -61,12 +61,12 @@ def _spec_dicts(spec: Any, base_dir: Path) -> tuple[dict, dict]:
     """(resolved, as written): the resolved dict has an absolute ``path``; the id is hashed
     from the paths as written, so a suite moved with its files (laptop -> cluster) keeps its
     cell ids."""
-    written = asdict(spec)
+    written = as_config(spec)
     if isinstance(spec, DatasetSpec) and spec.task is not None:
         # every task argument, defaults included: a changed default is a changed data set
         from ..data.tasks import TASKS
 
-        written["task_args"] = asdict(TASKS.get(spec.task).Args(**spec.task_args))
+        written["task_args"] = as_config(TASKS.get(spec.task).Args(**spec.task_args))
     resolved = dict(written)
     if written.get("path"):
         resolved["path"] = str(resolve(base_dir, written["path"]).resolve())
@@ -86,7 +86,7 @@ def _plugin_ref(spec: str, base_dir: Path) -> str:
 
 def _stage(s: Suite, m_res: dict, m_id: dict, d_res: dict, d_id: dict, seed: int | None,
            model: str, dataset: str) -> SFTStage:
-    sft = asdict(s.sft)
+    sft = as_config(s.sft)
     h = config_hash({"model": m_id, "dataset": d_id, "sft": sft, "seed": seed})
     sid = f"sft-{model}-{dataset}" + (f"-s{seed}" if seed is not None else "") + f"-{h}"
     return SFTStage(sid, model, dataset, seed, {"suite": s.name, "model": m_res, "dataset": d_res,
@@ -100,8 +100,8 @@ def expand(loaded: LoadedSuite) -> Plan:
     suite edited after loading (``run --smoke`` shrinking it) expands as it now is."""
     s, base = loaded.suite, loaded.base_dir
     variants = method_variants(s, loaded.source)
-    sft_dict = asdict(s.sft) if s.sft.enabled else None
-    train, evl = asdict(s.train), asdict(s.eval)
+    sft_dict = as_config(s.sft) if s.sft.enabled else None
+    train, evl = as_config(s.train), as_config(s.eval)
     plugins = [_plugin_ref(p, base) for p in s.plugins]
     stages: dict[tuple, SFTStage] = {}
     cells: list[Cell] = []
@@ -118,9 +118,10 @@ def expand(loaded: LoadedSuite) -> Plan:
                         if key not in stages:
                             stages[key] = _stage(s, m_res, m_id, d_res, d_id, stage_seed, m.name, d.name)
                         stage_id = stages[key].stage_id
-                    cell_train = {**train, **v.train}
+                    cell_train = merge_train(train, v.train)
                     if v.name == SFT_METHOD:
                         cell_train["steps"] = 0  # the SFT checkpoint as it is: nothing to train
+                        cell_train.pop("epochs", None)
                     config = {
                         "suite": s.name,
                         "model": m_res,
