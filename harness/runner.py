@@ -331,8 +331,12 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
         def init():
             return load_model(mspec, alphabet=data.alphabet, texts=texts, seed=0)
 
-    policy, tok = init()
-    if stage_dir is not None:
+    if cfg.is_base and stage_dir is not None:  # the model before SFT, against the SFT reference
+        texts = [str(p) + r for p, r in data.sft] if mspec.tiny else None
+        policy, tok = load_model(mspec, alphabet=data.alphabet, texts=texts, seed=seed if cfg.sft.per_seed else 0)
+    else:
+        policy, tok = init()
+    if stage_dir is not None and not cfg.is_base:
         # the SFT checkpoint is a plain merged model: re-apply this cell's memory settings
         from .models import apply_lora, enable_gradient_checkpointing
 
@@ -377,9 +381,11 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
             guard()  # evaluation writes samples.jsonl: only while the lock is still ours
         ref_model = init()[0]
         t0 = time.time()
+        # the base row differs from its reference when there is an SFT stage: compare them
         metrics.update(evaluate_policy(policy, ref_model, tok, data, method, espec, folder, seed,
                                        chat_template=mspec.chat_template, max_length=tspec.max_length,
-                                       max_prompt_length=tspec.max_prompt_length, trained=method is not None,
+                                       max_prompt_length=tspec.max_prompt_length,
+                                       trained=method is not None or (cfg.is_base and stage_dir is not None),
                                        cache_dir=suite_dir / "_cache", ref_id=stage_info.get("weights_fingerprint")))
         metrics["cost/eval_wall_s"] = round(time.time() - t0, 3)
     if method is not None and "token_weights" in method.needs:

@@ -35,6 +35,8 @@ def f(default: Any = None, help: str = "", range: Range | None = None, factory=N
 
 
 SFT_METHOD = "sft"  # the method name that evaluates the SFT checkpoint itself, untrained
+BASE_METHOD = "base"  # the method name that evaluates the model as loaded (before any SFT), untrained
+UNTRAINED = (SFT_METHOD, BASE_METHOD)  # rows that train nothing: baselines
 
 
 def as_config(spec: Any) -> Any:
@@ -207,8 +209,9 @@ class DatasetSpec:
 # ---------------------------------------------------------------------------- methods
 @dataclass
 class MethodSpec:
-    name: str = f(None, f"registered method (`python -m harness ls methods`), or `{SFT_METHOD}` for the SFT "
-                        f"checkpoint itself")
+    name: str = f(None, f"registered method (`python -m harness ls methods`), or a baseline row: `{SFT_METHOD}` "
+                        f"for the SFT checkpoint itself, `{BASE_METHOD}` for the model as loaded (the starting "
+                        f"model when sft.enabled is false)")
     label: Optional[str] = f(None, "row name in tables; default: the method name plus grid values")
     hparams: dict = f(None, "hyperparameter overrides", factory=dict)
     grid: dict = f(None, "hyperparameter -> list of values; one cell per combination", factory=dict)

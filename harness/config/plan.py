@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import resolve, slug
-from ..schema import SFT_METHOD, DatasetSpec, Suite, as_config, merge_train
+from ..schema import UNTRAINED, DatasetSpec, Suite, as_config, merge_train
 from .ids import config_hash
 from .suite import LoadedSuite
 from .variants import method_variants
@@ -119,8 +119,8 @@ def expand(loaded: LoadedSuite) -> Plan:
                             stages[key] = _stage(s, m_res, m_id, d_res, d_id, stage_seed, m.name, d.name)
                         stage_id = stages[key].stage_id
                     cell_train = merge_train(train, v.train)
-                    if v.name == SFT_METHOD:
-                        cell_train["steps"] = 0  # the SFT checkpoint as it is: nothing to train
+                    if v.name in UNTRAINED:
+                        cell_train["steps"] = 0  # a baseline row as it is: nothing to train
                         cell_train.pop("epochs", None)
                     config = {
                         "suite": s.name,

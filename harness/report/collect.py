@@ -44,7 +44,7 @@ from harness import paths
 from harness.errors import UserError
 from harness.results import CorruptFileError, list_cells, read_json, read_jsonl, read_yaml
 from harness.results.layout import read_plan
-from harness.schema import SFT_METHOD
+from harness.schema import BASE_METHOD, SFT_METHOD
 
 __all__ = ["Collected", "collect", "find_suites", "resolve_baseline", "read_reported",
            "ID_COLUMNS", "TOKEN_IMPORTANCE_FILE", "REPORTED_FILE", "PROVENANCE_COLUMNS"]
@@ -149,7 +149,7 @@ def _label_order(cells: pd.DataFrame, suite_yaml: dict) -> list[str]:
             if elab is None and e.get("name") == method:
                 rank = i
                 break
-        ranks.append((0 if method == SFT_METHOD else 1, rank, str(label)))
+        ranks.append(({BASE_METHOD: 0, SFT_METHOD: 1}.get(method, 2), rank, str(label)))
     return list(dict.fromkeys(r[2] for r in sorted(ranks)))
 
 
