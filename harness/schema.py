@@ -288,7 +288,10 @@ class EvalSpec:
     winrate: bool = f(True, "win rate and length-controlled win rate against the SFT policy")
     judge: str = f("oracle", "oracle (embedded tasks) or a path to a reward model")
     kl_samples: int = f(32, "sampled responses for KL(policy || reference)", NONNEG)
-    lm_eval_tasks: list[str] = f(None, "lm-eval tasks: embedded_gen, embedded_mc, or standard benchmarks", factory=list)
+    lm_eval_tasks: list[str] = f(
+        None, "lm-eval tasks: embedded_gen, embedded_mc, the paper's benchmarks (mmlu, gsm8k, gpqa, gpqa_diamond, "
+        "humaneval, truthfulqa, ifeval: the benchmarks extra), or any task or group of the installed lm-eval by "
+        "its own name (hellaswag, truthfulqa_mc2, ...)", factory=list)
     lm_eval_limit: Optional[int] = f(None, "examples per lm-eval task", POS)
     allow_code_execution: bool = f(
         False, "let lm-eval run model-written code (HumanEval); no sandbox: only in a disposable container")

@@ -320,8 +320,37 @@ def _check_training(suite: Suite, variants: list[Variant], ctx: FileChecker) -> 
         _check_train_values(asdict(suite.sft), ("sft",), ctx, suite)
 
 
+def _check_lm_eval_names(ev: EvalSpec, ctx: FileChecker) -> None:
+    """Each ``eval.lm_eval_tasks`` name is an embedded task, an alias or a task or group of the
+    installed lm-eval (what its data and modules need is checked by ``validate`` and ``run``,
+    after ``--smoke`` has swapped benchmarks for local stand-ins)."""
+    from ..evaluate import lmeval_tasks
+    from ..evaluate.lmeval import EMBEDDED_TASKS as EMBEDDED, STANDARD_BENCHMARKS as ALIASES
+
+    for i, name in items(ev.lm_eval_tasks):
+        if not isinstance(name, str) or name in EMBEDDED or name in ALIASES:
+            continue
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError:
+            ctx.add(("eval", "lm_eval_tasks", i), "needs the lm-eval package (pip install lm-eval)")
+            return
+        try:
+            found = lmeval_tasks.resolve(name)
+        except lmeval_tasks.TagName as e:
+            ctx.add(("eval", "lm_eval_tasks", i), str(e))
+            continue
+        if found is None:
+            hint = did_you_mean(name, list(EMBEDDED) + list(ALIASES)) or did_you_mean(name, lmeval_tasks.all_names())
+            ctx.add(("eval", "lm_eval_tasks", i),
+                    f"unknown lm-eval task {name!r}.{hint} Give {', '.join(EMBEDDED + tuple(ALIASES))}, or any "
+                    f"task or group of the installed lm-eval (`lm_eval ls tasks`)")
+
+
 def _check_eval_launcher_report(suite: Suite, variants: list[Variant], ctx: FileChecker, base_dir: Path) -> None:
     ev = suite.eval
+    if ok(ev) and isinstance(ev, EvalSpec):
+        _check_lm_eval_names(ev, ctx)
     if ok(ev) and isinstance(ev.judge, str) and ev.judge != "oracle":
         if not resolve(base_dir, ev.judge).exists():
             ctx.add(("eval", "judge"), f"must be 'oracle' or the path of a reward model; "
