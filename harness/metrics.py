@@ -244,7 +244,11 @@ for _side in ("chosen", "rejected"):
     _r(f"displacement/{_side}_logp_ref", f"log p_ref({_side})", "displacement_ref", 0, ".2f",
        items=_pairs)
 _r("kl/policy_ref", "KL(policy || ref)", "displacement", 0, ".3f", unit="nats",
-   items="sampled responses", stderr_key="kl/policy_ref_stderr", sampled=True)
+   items="sampled responses", stderr_key="kl/policy_ref_stderr", sampled=True,
+   help="sum over the positions of a policy sample of the full-vocabulary KL (>= 0)")
+_r("pref/logratio_margin", "Log-ratio margin", "displacement", +1, ".2f", unit="nats", items=_pairs,
+   stderr_key="pref/logratio_margin_stderr",
+   help="held-out summed log-ratio margin, chosen minus rejected (DPO's reward margin at beta = 1)")
 # on-policy training data of a cell (harness.data.onpolicy): what its pairs are made of
 for _k, _d, _f, _kw in (("prompts", "Sampled prompts", ".0f", {}), ("examples", "Training examples", ".0f", {}),
                         ("ties_dropped", "Prompts dropped (ties)", ".0f", {}),

@@ -314,8 +314,13 @@ def _run_sft(suite_dir: Path, folder: Path, guard=None) -> dict:
                      cache_dir=suite_dir / "_cache")
     _require_pairs(tdata, data, "SFT examples", sft)
     _report_drops(tdata, data, "SFT examples", sft)
+    from .trackers import for_run
+
+    trk = for_run(_plain(folder), folder, "sft") if _rank()[0] == 0 else None
     res = train(model, tdata, SFTObjective(), sft, seed, folder, tokenizer=tok, desc=f"sft {folder.name}",
-                on_step=guard)
+                on_step=guard, trackers=trk)
+    if trk is not None:
+        trk.finish({"final_loss": res.last_metrics.get("loss"), "wall_s": res.wall_s})
     model = res.model  # under FSDP: the gathered, unsharded model (core/sharded.py)
     if _rank()[0] != 0:
         return {}
@@ -377,8 +382,12 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
         def init():
             return load_model(mspec, alphabet=data.alphabet, texts=texts, seed=0)
 
-    policy, tok = init()
-    if stage_dir is not None:
+    if cfg.is_base and stage_dir is not None:  # the model before SFT, against the SFT reference
+        texts = [str(p) + r for p, r in data.sft] if mspec.tiny else None
+        policy, tok = load_model(mspec, alphabet=data.alphabet, texts=texts, seed=seed if cfg.sft.per_seed else 0)
+    else:
+        policy, tok = init()
+    if stage_dir is not None and not cfg.is_base:
         # the SFT checkpoint is a plain merged model: re-apply this cell's memory settings
         from .models import apply_lora, enable_gradient_checkpointing
 
@@ -386,7 +395,7 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
             enable_gradient_checkpointing(policy)
         if mspec.lora is not None:
             policy = apply_lora(policy, mspec)
-    train_res = None
+    train_res = trk = None
     counters: dict = {}
     t_train = 0.0
     tdata = tokenize(train_pairs, tok, tspec.max_length, tspec.max_prompt_length, mspec.chat_template,
@@ -401,8 +410,14 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
                             pad_id=tok.pad_token_id, tokenizer=tok, counters=counters)
         if stage_info.get("weights_fingerprint"):
             features.ref_id = stage_info["weights_fingerprint"]
+        from .evaluate.curves import heldout_curve
+        from .trackers import for_run
+
+        trk = for_run(_plain(folder), folder, "cell") if _rank()[0] == 0 else None
+        curve = heldout_curve(lambda: init()[0], tok, data, espec, tspec, mspec.chat_template)
         train_res = train(policy, tdata, PreferenceObjective(method, features), tspec, seed, folder,
-                          tokenizer=tok, desc=f"{cfg.method.label} s{seed}", on_step=guard)
+                          tokenizer=tok, desc=f"{cfg.method.label} s{seed}", on_step=guard, trackers=trk,
+                          evaluator=curve)
         policy = train_res.model  # under FSDP: the gathered, unsharded model (core/sharded.py)
         # the training steps' own time, summed over every process that ran them (resumes included)
         t_train = train_res.wall_s
@@ -420,9 +435,11 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
             guard()  # evaluation writes samples.jsonl: only while the lock is still ours
         ref_model = init()[0]
         t0 = time.time()
+        # the base row differs from its reference when there is an SFT stage: compare them
         metrics.update(evaluate_policy(policy, ref_model, tok, data, method, espec, folder, seed,
                                        chat_template=mspec.chat_template, max_length=tspec.max_length,
-                                       max_prompt_length=tspec.max_prompt_length, trained=method is not None,
+                                       max_prompt_length=tspec.max_prompt_length,
+                                       trained=method is not None or (cfg.is_base and stage_dir is not None),
                                        cache_dir=suite_dir / "_cache", ref_id=stage_info.get("weights_fingerprint")))
         metrics["cost/eval_wall_s"] = round(time.time() - t0, 3)
     if method is not None and "token_weights" in method.needs:
@@ -453,6 +470,8 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
     if guard is not None:
         guard()
     atomic_write_json(folder / "metrics.json", metrics)
+    if train_res is not None and trk is not None:
+        trk.finish(metrics)
     if tspec.keep_model:
         from .models import save_model
         from .results.layout import share_like_other_files
@@ -461,6 +480,13 @@ def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
         share_like_other_files((folder / "model").glob("*.safetensors"))
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/" in k}}
+
+
+def _plain(folder: Path) -> dict:
+    """A job's config.yaml as plain data (what trackers record as the run's config)."""
+    import yaml
+
+    return yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
 
 
 # Logged per-step values whose mean over the run goes into metrics.json as train/<key>:

@@ -12,6 +12,8 @@ here is a key that does something.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -19,8 +21,9 @@ from methods.settings import Range
 
 
 def f(default: Any = None, help: str = "", range: Range | None = None, factory=None, omit: bool = False):
-    """A schema field. ``omit``: written to a cell's config only when set to something other
-    than its default (``omitted_when_default``), so adding such a key changes no existing id."""
+    """A schema field. ``omit``: a key added after results existed, written to a cell's config
+    (and so hashed into its id) only when it differs from its default, so that old suites
+    keep their cell ids and config bytes (see :func:`as_config`)."""
     md = {"help": help}
     if range is not None:
         md["range"] = range
@@ -32,6 +35,91 @@ def f(default: Any = None, help: str = "", range: Range | None = None, factory=N
 
 
 SFT_METHOD = "sft"  # the method name that evaluates the SFT checkpoint itself, untrained
+BASE_METHOD = "base"  # the method name that evaluates the model as loaded (before any SFT), untrained
+UNTRAINED = (SFT_METHOD, BASE_METHOD)  # rows that train nothing: baselines
+
+
+def as_config(spec: Any) -> Any:
+    """``dataclasses.asdict`` as a cell's config is written: fields marked ``omit`` that hold
+    their default are left out (nested dataclasses and lists included)."""
+    if dataclasses.is_dataclass(spec) and not isinstance(spec, type):
+        out = {}
+        for fl in dataclasses.fields(spec):
+            v = getattr(spec, fl.name)
+            if fl.metadata.get("omitted_when_default") and v == _default(fl):
+                continue
+            out[fl.name] = as_config(v)
+        return out
+    if isinstance(spec, (list, tuple)):
+        return type(spec)(as_config(v) for v in spec)
+    if isinstance(spec, dict):
+        return {k: as_config(v) for k, v in spec.items()}
+    return copy.deepcopy(spec)
+
+
+def _default(fl: dataclasses.Field) -> Any:
+    return fl.default_factory() if fl.default_factory is not dataclasses.MISSING else fl.default
+
+
+def merge_train(base: dict, over: dict) -> dict:
+    """A method's ``train`` overrides on the suite's train settings (config dicts). ``steps``
+    and ``epochs`` are two ways to give one length, ``warmup_steps`` and ``warmup_ratio`` two
+    ways to give one warmup: an override of one turns the other off."""
+    out = {**base, **over}
+    if over.get("epochs") is not None and "steps" not in over:
+        out["steps"] = None
+    if over.get("steps") is not None and "epochs" not in over:
+        out.pop("epochs", None)
+    if over.get("warmup_ratio") is not None and "warmup_steps" not in over:
+        out["warmup_steps"] = 0
+    if over.get("warmup_steps") and "warmup_ratio" not in over:
+        out.pop("warmup_ratio", None)
+    return out
+
+
+# Other tools' names for settings (TRL's DPOConfig / TrainingArguments, LLaMA-Factory's flat
+# YAML): an unknown key found in a class's FOREIGN_KEYS gets what it is called here, in place
+# of a spelling guess (methods.settings.unknown_key).
+TRL, LF, BOTH = "TRL", "LLaMA-Factory", "TRL / LLaMA-Factory"
+_METHOD_NAME = "methods[].name, one entry per loss (dpo, ipo, simpo, tdpo1, tdpo2, tidpo, ...)"
+_TRAIN_KEYS = {  # TrainSpec's field -> the foreign keys for it
+    "lr": [("learning_rate", BOTH)], "epochs": [("num_train_epochs", BOTH)], "steps": [("max_steps", BOTH)],
+    "batch_size": [("per_device_train_batch_size", BOTH)], "grad_accum": [("gradient_accumulation_steps", BOTH)],
+    "schedule": [("lr_scheduler_type", BOTH)], "optimizer": [("optim", BOTH)], "log_every": [("logging_steps", BOTH)],
+    "checkpoint_every": [("save_steps", BOTH)], "keep_checkpoints": [("save_total_limit", BOTH)],
+    "trackers": [("report_to", BOTH)], "max_length": [("cutoff_len", LF), ("max_completion_length", TRL)],
+    "eval_every": [("eval_steps", BOTH)], "reference_cache": [("precompute_ref_log_probs", TRL)],
+}
+_ELSEWHERE = {  # foreign keys whose setting lives in another part of the suite
+    "loss_type": (TRL, _METHOD_NAME), "pref_loss": (LF, _METHOD_NAME),
+    "beta": (TRL, "methods[].hparams.beta (each method has its own)"),
+    "pref_beta": (LF, "methods[].hparams.beta (each method has its own)"),
+    "label_smoothing": (TRL, "methods[].hparams.label_smoothing (dpo)"),
+    "simpo_gamma": (BOTH, "methods[].hparams.gamma (simpo)"),
+    "bf16": (BOTH, "train.precision: bf16"), "fp16": (BOTH, "train.precision (bf16 or fp32; fp16 is not offered)"),
+    "gradient_checkpointing": (BOTH, "models[].gradient_checkpointing"),
+    "per_device_eval_batch_size": (BOTH, "eval.batch_size"),
+    "model_name_or_path": (BOTH, "models[].hub (a hub id) or models[].path (a local folder)"),
+    "output_dir": (BOTH, "the command line's --results"),
+    "seed": (BOTH, "the suite's 'seeds' (a list: one cell per seed)"),
+    "dataset": (LF, "datasets[] (one entry per data set)"),
+    "finetuning_type": (LF, "models[].lora (a block: r, alpha, dropout, target_modules; absent = all weights)"),
+    "lora_rank": (LF, "models[].lora.r"), "lora_alpha": (LF, "models[].lora.alpha"),
+    "lora_dropout": (LF, "models[].lora.dropout"), "lora_target": (LF, "models[].lora.target_modules"),
+    "template": (LF, "models[].chat_template (true: the tokenizer's own template)"),
+    "max_samples": (LF, "datasets[].train_size"), "val_size": (LF, "datasets[].heldout_size (a count of pairs)"),
+}
+
+
+def _foreign(fields_here: dict, elsewhere: dict) -> dict:
+    """FOREIGN_KEYS of a class: ``fields_here`` (its own field -> the foreign names for it) and
+    ``elsewhere`` (foreign names whose setting lives in another part of the suite)."""
+    out = dict(elsewhere)
+    for here, names in fields_here.items():
+        for name, who in names:
+            out[name] = (who, repr(here))
+    return out
+
 
 POS = Range(gt=0)
 NONNEG = Range(ge=0)
@@ -59,6 +147,9 @@ class TinyModelSpec:
 
 @dataclass
 class LoraSpec:
+    FOREIGN_KEYS = _foreign({"r": [("lora_rank", LF)], "alpha": [("lora_alpha", LF)],
+                             "dropout": [("lora_dropout", LF)], "target_modules": [("lora_target", LF)]}, {})
+
     r: int = f(8, "LoRA rank", POS)
     alpha: float = f(16.0, "LoRA alpha (scaling = alpha / r)", POS)
     dropout: float = f(0.0, "LoRA dropout", PROB)
@@ -68,6 +159,13 @@ class LoraSpec:
 @dataclass
 class ModelSpec:
     """Exactly one of ``tiny``, ``path`` or ``hub``."""
+
+    FOREIGN_KEYS = _foreign({"dtype": [("torch_dtype", BOTH)]}, {
+        "model_name_or_path": (BOTH, "'hub' (a hub id) or 'path' (a local folder)"),
+        "lora_rank": (LF, "lora.r"), "lora_alpha": (LF, "lora.alpha"), "lora_dropout": (LF, "lora.dropout"),
+        "lora_target": (LF, "lora.target_modules"),
+        "finetuning_type": (LF, "'lora' (a block: r, alpha, dropout, target_modules; absent = all weights)"),
+        "template": (LF, "'chat_template' (true: the tokenizer's own template)")})
 
     name: str = f(None, "unique name of this model in the suite (used in cell ids and tables)")
     tiny: Optional[TinyModelSpec] = f(None, "build a tiny model from this config")
@@ -89,6 +187,9 @@ class ModelSpec:
 @dataclass
 class DatasetSpec:
     """Exactly one of ``task`` (embedded, generated), ``path`` (local file) or ``hub``."""
+
+    FOREIGN_KEYS = _foreign({"train_size": [("max_samples", LF)], "heldout_size": [("val_size", LF)],
+                             "format": [("formatting", LF)], "path": [("dataset_dir", LF)]}, {})
 
     name: str = f(None, "unique name of this data set in the suite")
     task: Optional[str] = f(None, "embedded task name (see `python -m harness ls tasks`)")
@@ -114,8 +215,9 @@ class DatasetSpec:
 # ---------------------------------------------------------------------------- methods
 @dataclass
 class MethodSpec:
-    name: str = f(None, f"registered method (`python -m harness ls methods`), or `{SFT_METHOD}` for the SFT "
-                        f"checkpoint itself")
+    name: str = f(None, f"registered method (`python -m harness ls methods`), or a baseline row: `{SFT_METHOD}` "
+                        f"for the SFT checkpoint itself, `{BASE_METHOD}` for the model as loaded (the starting "
+                        f"model when sft.enabled is false)")
     label: Optional[str] = f(None, "row name in tables; default: the method name plus grid values")
     hparams: dict = f(None, "hyperparameter overrides", factory=dict)
     grid: dict = f(None, "hyperparameter -> list of values; one cell per combination", factory=dict)
@@ -125,13 +227,24 @@ class MethodSpec:
 # --------------------------------------------------------------------------- training
 @dataclass
 class TrainSpec:
-    steps: int = f(200, "optimizer steps", POS)
+    FOREIGN_KEYS = _foreign(_TRAIN_KEYS, {k: v for k, v in _ELSEWHERE.items() if k not in (
+        "dataset", "finetuning_type", "max_samples", "val_size", "template", "lora_rank", "lora_alpha",
+        "lora_dropout", "lora_target")})
+
+    steps: Optional[int] = f(200, "optimizer steps (null when epochs is given)", POS)
     batch_size: int = f(8, "pairs per micro-batch", POS)
     grad_accum: int = f(1, "micro-batches per optimizer step (effective batch = batch_size x grad_accum)", POS)
+    epochs: Optional[float] = f(
+        None, "train for this many passes over the training pairs instead of a number of steps "
+        "(TRL's num_train_epochs): steps = ceil(epochs x pairs / (batch_size x grad_accum)), "
+        "resolved when the data are loaded; give steps or epochs, not both", POS, omit=True)
     lr: float = f(5e-7, "peak learning rate", POS)
     optimizer: Literal["adamw", "rmsprop"] = f("adamw", "adamw, or rmsprop as in the TDPO/TI-DPO repositories")
     weight_decay: float = f(0.0, "decoupled weight decay", NONNEG)
     warmup_steps: int = f(0, "linear warmup steps", NONNEG)
+    warmup_ratio: Optional[float] = f(
+        None, "linear warmup over this share of the steps, ceil(warmup_ratio x steps) as in "
+        "transformers; give warmup_steps or warmup_ratio, not both", Range(ge=0, lt=1), omit=True)
     schedule: Literal["constant", "linear", "cosine"] = f("constant", "schedule after warmup")
     max_grad_norm: Optional[float] = f(1.0, "clip the gradient norm; null disables", POS)
     max_length: int = f(512, "longest prompt + response in tokens", POS)
@@ -143,7 +256,14 @@ class TrainSpec:
     keep_model: bool = f(False, "keep the final model weights in the cell folder")
     reference_cache: bool = f(True, "cache per-token reference log-probs on disk, shared across cells")
     log_every: int = f(1, "write train_log.jsonl every N steps", POS)
-    trackers: list[Literal["tensorboard", "wandb"]] = f(None, "accelerate trackers (logs in the cell folder's trackers/)", factory=list)
+    eval_every: int = f(
+        0, "every N steps (and before the first), held-out preference accuracy and reward margin, "
+        "written to eval_log.jsonl and drawn as score-vs-step curves (0: only the final evaluation)",
+        NONNEG, omit=True)
+    trackers: list[Literal["tensorboard", "wandb"]] = f(
+        None, "experiment trackers (the trackers extra): W&B, one project per suite and one run per cell, "
+        "grouped by model/data set; TensorBoard event files in the cell's trackers/ (see harness/trackers.py)",
+        factory=list)
 
 
 @dataclass
@@ -154,6 +274,8 @@ class SFTSpec(TrainSpec):
     schedule: Literal["constant", "linear", "cosine"] = f(
         "cosine", "schedule after warmup; cosine (the default for SFT, unlike train) decays to 0, so the "
                   "SFT checkpoint has converged and continued SFT is not an annealing gain")
+    FOREIGN_KEYS = {k: v for k, v in TrainSpec.FOREIGN_KEYS.items() if k != "eval_steps"}
+
     enabled: bool = f(True, "run an SFT stage; false = methods start from the model as loaded")
     data: Literal["chosen", "sft"] = f(
         "sft", "chosen: NLL on the chosen responses of the preference data; sft: the data set's SFT split "
@@ -208,6 +330,9 @@ class TuningSpec:
 # -------------------------------------------------------------------------- evaluation
 @dataclass
 class EvalSpec:
+    FOREIGN_KEYS = _foreign({"batch_size": [("per_device_eval_batch_size", BOTH)],
+                             "lm_eval_tasks": [("tasks", "lm-eval")], "lm_eval_limit": [("limit", "lm-eval")]}, {})
+
     enabled: bool = f(True, "evaluate trained policies")
     heldout_pairs: Optional[int] = f(None, "held-out pairs for preference accuracy; default: all", POS)
     generation_prompts: int = f(200, "held-out prompts answered greedily for task accuracy", NONNEG)
@@ -219,7 +344,10 @@ class EvalSpec:
     winrate: bool = f(True, "win rate and length-controlled win rate against the SFT policy")
     judge: str = f("oracle", "oracle (embedded tasks) or a path to a reward model")
     kl_samples: int = f(32, "sampled responses for KL(policy || reference)", NONNEG)
-    lm_eval_tasks: list[str] = f(None, "lm-eval tasks: embedded_gen, embedded_mc, or standard benchmarks", factory=list)
+    lm_eval_tasks: list[str] = f(
+        None, "lm-eval tasks: embedded_gen, embedded_mc, the paper's benchmarks (mmlu, gsm8k, gpqa, gpqa_diamond, "
+        "humaneval, truthfulqa, ifeval: the benchmarks extra), or any task or group of the installed lm-eval by "
+        "its own name (hellaswag, truthfulqa_mc2, ...)", factory=list)
     lm_eval_limit: Optional[int] = f(None, "examples per lm-eval task", POS)
     allow_code_execution: bool = f(
         False, "let lm-eval run model-written code (HumanEval); no sandbox: only in a disposable container")
@@ -244,6 +372,11 @@ class ReportSpec:
 
 @dataclass
 class Suite:
+    # LLaMA-Factory's configs are flat: its training keys at the top level point into train
+    FOREIGN_KEYS = {**{name: (who, f"train.{here}") for here, names in _TRAIN_KEYS.items() for name, who in names},
+                    "warmup_ratio": (BOTH, "train.warmup_ratio"), **_ELSEWHERE,
+                    "seed": (BOTH, "'seeds' (a list: one cell per seed)")}
+
     name: str = f(None, "suite name; results go to results/<name>/ (letters, digits, - and _)")
     description: str = f("", "free text")
     plugins: list[str] = f(None, "method plugin files or modules to import", factory=list)

@@ -33,7 +33,8 @@ def family(model) -> str:
 
 
 def _cap(spec, steps: int) -> None:
-    spec.steps = min(spec.steps, steps)
+    spec.steps = min(spec.steps, steps) if spec.steps is not None else steps  # epochs: capped too
+    spec.epochs = None
     spec.batch_size = min(spec.batch_size, CAPS["batch_size"])
     spec.grad_accum = 1
     spec.warmup_steps = min(spec.warmup_steps, spec.steps)
@@ -68,7 +69,7 @@ def smoke_suite(loaded):
     _cap(s.train, CAPS["steps"])
     for m in s.methods:
         for k in list(m.train):
-            if k in CAPS or k in ("grad_accum", "warmup_steps", "precision", "checkpoint_every"):
+            if k in CAPS or k in ("epochs", "grad_accum", "warmup_steps", "precision", "checkpoint_every"):
                 m.train.pop(k)
     s.onpolicy.prompts = min(s.onpolicy.prompts or 64, 64)
     e = s.eval

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal, Optional, get_args, get_origin
 
 from ._torch import torch
-from .settings import Range, SettingError, check_value, unknown_key
+from .settings import Range, SettingError, check_value, foreign_hint, unknown_key
 
 FEATURES = frozenset({"reference", "token_kl", "token_weights", "anchor"})
 TRAINS_ON = ("pairs", "offline", "best_of_k")
@@ -150,6 +150,16 @@ class LossOutput:
 
 
 # ------------------------------------------------------------------ hyperparameters
+# Names TRL and LLaMA-Factory give a hyperparameter -> (whose name, the name here). Suggested
+# only to a method that has that hyperparameter.
+FOREIGN_HPARAMS = {
+    "pref_beta": ("LLaMA-Factory", "beta"),
+    "simpo_gamma": ("TRL / LLaMA-Factory", "gamma"),
+    "dpo_label_smoothing": ("LLaMA-Factory", "label_smoothing"),
+    "pref_ftx": ("LLaMA-Factory", "sft_weight"),
+    "cpo_alpha": ("TRL", "sft_weight"),
+}
+
 @dataclass(frozen=True)
 class HParam:
     name: str
@@ -260,8 +270,13 @@ class PreferenceMethod:
 
     @classmethod
     def unknown_hparam(cls, key: str) -> str:
-        """The problem with a hyperparameter name this method does not have."""
-        return unknown_key(key, list(cls.hparams_spec), noun="hyperparameter")
+        """The problem with a hyperparameter name this method does not have (a name TRL or
+        LLaMA-Factory give one of its hyperparameters says which)."""
+        entry = FOREIGN_HPARAMS.get(key)
+        foreign = None
+        if entry is not None and entry[1] in cls.hparams_spec:
+            foreign = foreign_hint({key: (entry[0], repr(entry[1]))}, key)
+        return unknown_key(key, list(cls.hparams_spec), noun="hyperparameter", foreign=foreign)
 
     # Subclasses add cross-field checks here: raise MethodConfigError(reason, keys=(...)).
     def validate(self) -> None:

@@ -16,7 +16,9 @@ The rules, the same everywhere:
 * ``str`` only strings; ``Literal[...]`` one of its choices (with a did-you-mean);
 * ``Optional[X]`` also null; ``list[X]``, ``tuple[X, ...]`` and ``dict[str, X]`` check each item;
 * a dataclass is a mapping of its fields: unknown keys (with a did-you-mean and the valid
-  keys) and missing required keys are problems; a field's ``metadata["range"]`` bounds it.
+  keys) and missing required keys are problems; a field's ``metadata["range"]`` bounds it. A
+  class attribute ``FOREIGN_KEYS`` (key -> (whose name, what it is here)) names the settings
+  other tools' users write (TRL's ``learning_rate`` is ``lr`` here), in place of the guess.
 
 A problem is a ``SettingError`` whose ``path`` (the key: a tuple of names and list indexes)
 and ``reason`` are data, so a caller places it (file and line, a method's name) without
@@ -75,6 +77,9 @@ def did_you_mean(name: str, choices: "list[str] | Callable[[], list[str]]") -> s
     """" Did you mean 'x'?" or "": every lookup of a name (keys, methods, tasks) suggests with it."""
     opts = choices() if callable(choices) else choices
     close = difflib.get_close_matches(str(name), list(opts), n=3, cutoff=0.5)
+    if close:  # only the names about as close as the closest ('enable': 'enabled', not 'eval_every')
+        best = difflib.SequenceMatcher(None, str(name), close[0]).ratio()
+        close = [c for c in close if difflib.SequenceMatcher(None, str(name), c).ratio() >= best - 0.15]
     return f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
@@ -99,10 +104,21 @@ def show(v: Any) -> str:
     return repr(v)
 
 
-def unknown_key(key: Any, valid: list[str], where: str = "", noun: str = "key") -> str:
-    """The one message for a name that is not a setting: the name, a did-you-mean, the valid names."""
-    return (f"unknown {noun} {str(key)!r}.{did_you_mean(str(key), valid)} "
+def unknown_key(key: Any, valid: list[str], where: str = "", noun: str = "key",
+                foreign: str | None = None) -> str:
+    """The one message for a name that is not a setting: the name, a did-you-mean (or, for a
+    name another tool uses, ``foreign``: whose name it is and what it is called here), the
+    valid names."""
+    hint = f" ({foreign})." if foreign else f".{did_you_mean(str(key), valid)}"
+    return (f"unknown {noun} {str(key)!r}{hint} "
             f"Valid {noun}s{f' {where}' if where else ''}: {', '.join(valid) or '(none)'}")
+
+
+def foreign_hint(table: dict, key: Any) -> str | None:
+    """The entry of ``key`` in a table of other tools' names (``FOREIGN_KEYS`` of a settings
+    class: key -> ``(whose name, what it is here)``), rendered for :func:`unknown_key`."""
+    entry = table.get(str(key)) if isinstance(table, dict) else None
+    return None if entry is None else f"{entry[0]} name; here: {entry[1]}"
 
 
 class SettingError(ValueError):
@@ -290,7 +306,8 @@ class Checker:
         for key, value in v.items():
             if key not in fields:
                 where = f"in {format_path(path)}" if path else "at the top level"
-                self.add(path + (key,), unknown_key(key, list(fields), where))
+                self.add(path + (key,), unknown_key(key, list(fields), where,
+                                                    foreign=foreign_hint(getattr(cls, "FOREIGN_KEYS", {}), key)))
                 self.unknown.setdefault(tuple(path), []).append(str(key))
                 continue
             out[key] = self.value(value, hints(cls)[key], path + (key,), fields[key].metadata.get("range"))

@@ -22,4 +22,14 @@ if ! bash scripts/fetch_llamafactory_demo.sh >/dev/null || ! PYTHON=python bash 
   echo "  the real-data tokenization tests need them. Is PyPI reachable? Rerun scripts/setup.sh when it is." >&2
   exit 1
 fi
+# The report test renders report.html in a real browser: chromium's headless shell (a Debian
+# package). Installed here when running as root on a Debian-like machine; elsewhere that test
+# is skipped with the install command.
+if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/dev/null \
+    && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium-headless-shell \
+    || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+         chromium-headless-shell; }; } >/dev/null 2>&1 \
+    || echo "warning: could not install chromium-headless-shell; the report's browser test will be skipped" >&2
+fi
 python -c "import harness, methods, torch; print('harness ready:', 'torch', torch.__version__, '| methods:', ', '.join(methods.available()))"

@@ -20,6 +20,7 @@ from harness.cli import main
 from harness.errors import UserError
 from harness.results import read_status
 from harness.runner import materialize
+from harness.schema import as_config
 
 GOOD = Path(__file__).resolve().parent / "good_suites"
 
@@ -53,16 +54,16 @@ def test_what_run_writes_reads_back_exactly(written):
     plan, suite_dir = written
     for c in plan.cells:
         cfg = config.load_cell_config(suite_dir / c.cell_id)
-        # keys written only when set (smoke, a tuned or on-policy cell's keys, a data set's
-        # dev split and pairs source) read back as their defaults
-        assert dataclasses.asdict(cfg) == {**c.config, "cell_id": c.cell_id, "sft_stage": c.sft_stage_id,
-                                           "smoke": False, "tuning": None, "onpolicy": None, "onpolicy_stage": None,
-                                           "dataset": {**c.config["dataset"], "dev_size": 0, "pairs": "offline"}}
+        # as written: keys added later (smoke, epochs, a tuned or on-policy cell's keys, a data
+        # set's dev split and pairs source) are written only when set
+        assert as_config(cfg) == {**c.config, "cell_id": c.cell_id, "sft_stage": c.sft_stage_id}
+        assert cfg.smoke is False and cfg.train.epochs is None  # unwritten keys read back as defaults
+        assert cfg.tuning is None and cfg.onpolicy is None and cfg.onpolicy_stage is None
+        assert cfg.dataset.dev_size == 0 and cfg.dataset.pairs == "offline"
         assert isinstance(cfg.train.steps, int) and isinstance(cfg.train.lr, float)
         assert cfg.trains == (c.method != "sft")
     for s in plan.sft_stages:
-        assert dataclasses.asdict(config.load_stage_config(suite_dir / "_sft" / s.stage_id)) == {
-            **s.config, "smoke": False, "dataset": {**s.config["dataset"], "dev_size": 0, "pairs": "offline"}}
+        assert as_config(config.load_stage_config(suite_dir / "_sft" / s.stage_id)) == s.config
 
 
 def test_a_smoke_run_reads_back_as_one(tmp_path):

@@ -17,7 +17,7 @@ import methods
 from methods.settings import format_path
 
 from ..errors import UserError
-from ..schema import SFT_METHOD, DatasetSpec, EvalSpec, ModelSpec, OnPolicySpec, SFTSpec, TrainSpec
+from ..schema import BASE_METHOD, UNTRAINED, DatasetSpec, EvalSpec, ModelSpec, OnPolicySpec, SFTSpec, TrainSpec
 from .check import INVALID, FileChecker
 from .source import WrittenLoader, parse_yaml
 
@@ -114,8 +114,14 @@ class CellConfig:
 
     @property
     def trains(self) -> bool:
-        """False for the ``sft`` pseudo-method, which evaluates the SFT checkpoint as it is."""
-        return self.method.name != SFT_METHOD
+        """False for the baseline rows: ``sft`` evaluates the SFT checkpoint as it is, ``base``
+        the model as loaded."""
+        return self.method.name not in UNTRAINED
+
+    @property
+    def is_base(self) -> bool:
+        """The ``base`` row: the model as loaded, before any SFT."""
+        return self.method.name == BASE_METHOD
 
 
 @dataclass
@@ -183,11 +189,11 @@ def _read(path: Path, cls: type) -> tuple[FileChecker, Any]:
 
 
 def _sft_cell(data: Any) -> bool:
-    """Whether ``data`` is the config of an ``sft`` pseudo-method cell with ``train.steps: 0``:
-    it evaluates the SFT checkpoint as it is, so ``expand`` writes zero steps, which a suite
-    may not ask for (``steps`` must be > 0)."""
+    """Whether ``data`` is the config of a baseline row (``sft``, ``base``) with ``train.steps: 0``:
+    it evaluates a model as it is, so ``expand`` writes zero steps, which a suite may not ask
+    for (``steps`` must be > 0)."""
     try:
-        return data["method"]["name"] == SFT_METHOD and data["train"]["steps"] == 0
+        return data["method"]["name"] in UNTRAINED and data["train"]["steps"] == 0
     except (KeyError, TypeError):
         return False
 

@@ -2,6 +2,7 @@
 estimate (training tokens, and FLOPs for tiny models: 6 x parameters x tokens)."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +40,13 @@ def tiny_param_estimate(tiny: dict) -> int:
     return layers * (4 * h * h + mlp) + h * vocab
 
 
+def _steps_text(t: dict, dataset: dict) -> str:
+    n = planned_steps(t, dataset, "n_sft")
+    if t.get("steps") is not None:
+        return str(t["steps"])
+    return f"{t['epochs']:g} epochs" + (f" (~{n})" if n is not None else "")
+
+
 def _human(n: float) -> str:
     for unit, div in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= div:
@@ -48,6 +56,20 @@ def _human(n: float) -> str:
 
 def _n(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def planned_steps(train: dict, dataset: dict, size_arg: str) -> int | None:
+    """The optimizer steps of a config's ``train`` (or ``sft``) settings: ``steps``, or for
+    ``epochs`` over an embedded task the count its arguments give (``size_arg``: ``n_pairs``
+    or ``n_sft``, capped by ``train_size``); None when only loading the data would tell."""
+    if train.get("steps") is not None:
+        return int(train["steps"])
+    n = (dataset.get("task_args") or {}).get(size_arg) if dataset.get("task") else None
+    if n is None or train.get("epochs") is None:
+        return None
+    if dataset.get("train_size") and size_arg == "n_pairs":
+        n = min(n, dataset["train_size"])
+    return max(1, math.ceil(train["epochs"] * n / (train["batch_size"] * train["grad_accum"])))
 
 
 def describe_plan(plan: Plan, results_dir: str | os.PathLike) -> str:
@@ -77,7 +99,8 @@ def describe_plan(plan: Plan, results_dir: str | os.PathLike) -> str:
                   ["label", "model", "dataset", "seed", "status", "cell id"])
     if plan.sft_stages:
         out += ["", "SFT stages:"]
-        out += _table([[st.model, st.dataset, "-" if st.seed is None else st.seed, st.config["sft"]["steps"],
+        out += _table([[st.model, st.dataset, "-" if st.seed is None else st.seed,
+                        _steps_text(st.config["sft"], st.config["dataset"]),
                         _state(root / "_sft" / st.stage_id), st.stage_id] for st in plan.sft_stages],
                       ["model", "dataset", "seed", "steps", "status", "stage id"])
     if plan.onpolicy_stages:
@@ -95,20 +118,27 @@ def describe_plan(plan: Plan, results_dir: str | os.PathLike) -> str:
         out += describe_spaces(plan.spaces, t.budget)
     # Compute estimate: every sequence counted at max_length (an upper bound).
     pref_tokens: dict[str, int] = {}
+    unknown = 0  # trained by epochs over data whose size is known only when loaded
     for c in plan.cells:
         t = c.config["train"]
+        n = planned_steps(t, c.config["dataset"], "n_pairs")
+        unknown += n is None
         pref_tokens[c.model] = pref_tokens.get(c.model, 0) + \
-            t["steps"] * t["batch_size"] * t["grad_accum"] * t["max_length"] * 2
+            (n or 0) * t["batch_size"] * t["grad_accum"] * t["max_length"] * 2
     sft_tokens: dict[str, int] = {}
     for st in plan.sft_stages:
         t = st.config["sft"]
+        n = planned_steps(t, st.config["dataset"], "n_sft")
+        unknown += n is None
         sft_tokens[st.model] = sft_tokens.get(st.model, 0) + \
-            t["steps"] * t["batch_size"] * t["grad_accum"] * t["max_length"]
+            (n or 0) * t["batch_size"] * t["grad_accum"] * t["max_length"]
     total = sum(pref_tokens.values()) + sum(sft_tokens.values())
     out += ["", "Compute estimate (rough: tokens = steps x batch_size x grad_accum x max_length, x2 for "
                 "chosen+rejected; sequences counted at full length, reference and evaluation passes left out):",
             f"  training tokens: {_human(sum(pref_tokens.values()))} preference + "
-            f"{_human(sum(sft_tokens.values()))} SFT = {_human(total)}"]
+            f"{_human(sum(sft_tokens.values()))} SFT = {_human(total)}"
+            + (f" (not counted: {_n(unknown, 'cell or stage')} trained by epochs over data whose size is "
+               f"known only when loaded)" if unknown else "")]
     for m in s.models:
         if m.tiny is not None:
             n = tiny_param_estimate(asdict(m.tiny))

@@ -108,7 +108,34 @@ def schema_markdown() -> str:
             parts.append(f"| `{fl.name}` | {_type_text(tp)} | {_default_text(fl, tp)} | "
                          f"{_allowed_text(fl, tp)} | {help_text} |")
         parts.append("")
+    parts.append(foreign_markdown())
     return "\n".join(parts).rstrip() + "\n"
+
+
+def foreign_markdown() -> str:
+    """The table of TRL's and LLaMA-Factory's names (the classes' ``FOREIGN_KEYS``): where a
+    user of those tools writes them, what they are here. A suite that uses one gets the same
+    answer in its error message."""
+    fields: dict[str, list[str]] = {}  # their key -> the keys here (paths)
+    texts: dict[str, str] = {}  # their key -> where it lives, in words
+    whose: dict[str, str] = {}
+    for cls, paths in _sections():
+        where = "" if paths[0].startswith("(") else paths[0] + "."
+        for key, (who, here) in getattr(cls, "FOREIGN_KEYS", {}).items():
+            whose.setdefault(key, who)
+            if here.startswith("'") and here.endswith("'"):
+                fields.setdefault(key, [])
+                if f"{where}{here[1:-1]}" not in fields[key]:
+                    fields[key].append(f"{where}{here[1:-1]}")
+            else:
+                texts.setdefault(key, here)
+    lines = ["### Coming from TRL or LLaMA-Factory\n",
+             "Their names for settings are unknown keys here, and the error says what to write instead:\n",
+             "| their key | whose | here |", "|---|---|---|"]
+    for key in sorted(whose):
+        here = ", ".join(f"`{p}`" for p in fields[key]) if key in fields else texts[key]
+        lines.append(f"| `{key}` | {whose[key]} | {here.replace('|', chr(92) + '|')} |")
+    return "\n".join(lines) + "\n"
 
 
 def _sections_name(cls: type) -> str:

@@ -16,13 +16,12 @@ known only once the trials are scored, so ``final_cells`` builds them from the c
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..paths import resolve, slug
-from ..schema import SFT_METHOD, DatasetSpec, Suite
+from ..schema import UNTRAINED, DatasetSpec, Suite, as_config, merge_train
 from .ids import config_hash
 from .space import Point, SearchSpace, final_variant, search_spaces
 from .suite import LoadedSuite
@@ -95,26 +94,16 @@ class Plan:
         return self.spaces is not None
 
 
-def written(spec: Any) -> dict:
-    """``asdict(spec)`` without the keys marked ``omitted_when_default`` that are at their
-    default: a key added later that way changes no existing config or id."""
-    d = asdict(spec)
-    for fl in dataclasses.fields(spec):
-        if fl.metadata.get("omitted_when_default") and d.get(fl.name) == fl.default:
-            d.pop(fl.name)
-    return d
-
-
 def _spec_dicts(spec: Any, base_dir: Path) -> tuple[dict, dict]:
     """(resolved, as written): the resolved dict has an absolute ``path``; the id is hashed
     from the paths as written, so a suite moved with its files (laptop -> cluster) keeps its
     cell ids."""
-    written_ = written(spec)
+    written_ = as_config(spec)
     if isinstance(spec, DatasetSpec) and spec.task is not None:
         # every task argument, defaults included: a changed default is a changed data set
         from ..data.tasks import TASKS
 
-        written_["task_args"] = asdict(TASKS.get(spec.task).Args(**spec.task_args))
+        written_["task_args"] = as_config(TASKS.get(spec.task).Args(**spec.task_args))
     resolved = dict(written_)
     if written_.get("path"):
         resolved["path"] = str(resolve(base_dir, written_["path"]).resolve())
@@ -135,8 +124,8 @@ def _plugin_ref(spec: str, base_dir: Path) -> str:
 def trains_on(v: Variant, dataset: DatasetSpec) -> str | None:
     """The on-policy view a variant trains on for ``dataset``: "best_of_k" (a method that
     declares it, e.g. ``rft``), "pairs" (a preference method on a data set with
-    ``pairs: onpolicy``), or None (the data set's own pairs, or the ``sft`` row)."""
-    if v.name == SFT_METHOD:
+    ``pairs: onpolicy``), or None (the data set's own pairs, or a baseline row: ``sft``, ``base``)."""
+    if v.name in UNTRAINED:
         return None
     import methods
 
@@ -154,8 +143,8 @@ class _Builder:
     def __init__(self, loaded: LoadedSuite):
         s, base = loaded.suite, loaded.base_dir
         self.s, self.base = s, base
-        self.sft_dict = asdict(s.sft) if s.sft.enabled else None
-        self.train, self.evl = asdict(s.train), asdict(s.eval)
+        self.sft_dict = as_config(s.sft) if s.sft.enabled else None
+        self.train, self.evl = as_config(s.train), as_config(s.eval)
         self.plugins = [_plugin_ref(p, base) for p in s.plugins]
         self.models = {m.name: (m, *_spec_dicts(m, base)) for m in s.models}
         self.datasets = {d.name: (d, *_spec_dicts(d, base)) for d in s.datasets}
@@ -183,7 +172,7 @@ class _Builder:
 
     def sampling(self, resolved: bool) -> dict:
         """The on-policy settings that decide the samples (pairing is a cell's view of them)."""
-        op = asdict(self.s.onpolicy)
+        op = as_config(self.s.onpolicy)
         out = {k: op[k] for k in ("k", "prompts", "temperature", "top_p", "max_new_tokens", "judge", "batch_size")}
         out["max_new_tokens"] = out["max_new_tokens"] or self.evl["max_new_tokens"]
         out["max_prompt_length"] = self.train["max_prompt_length"]
@@ -214,9 +203,10 @@ class _Builder:
         _, m_res, m_id = self.models[model]
         d, d_res, d_id = self.datasets[dataset]
         stage = self.sft_stage(model, dataset, seed)
-        cell_train = {**self.train, **v.train}
-        if v.name == SFT_METHOD:
-            cell_train["steps"] = 0  # the SFT checkpoint as it is: nothing to train
+        cell_train = merge_train(self.train, v.train)
+        if v.name in UNTRAINED:
+            cell_train["steps"] = 0  # a baseline row as it is: nothing to train
+            cell_train.pop("epochs", None)
         evl = evl if evl is not None else self.evl
         config = {
             "suite": s.name,
@@ -230,7 +220,7 @@ class _Builder:
         }
         view = trains_on(v, d)
         if view is not None:
-            config["onpolicy"] = {"view": view, **asdict(s.onpolicy),
+            config["onpolicy"] = {"view": view, **as_config(s.onpolicy),
                                   "max_new_tokens": self.sampling(False)["max_new_tokens"]}
         if tuning is not None:
             config["tuning"] = tuning

@@ -18,7 +18,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..schema import SFT_METHOD, Suite
+from ..schema import BASE_METHOD, SFT_METHOD, UNTRAINED, Suite
 from .variants import Variant, fmt_value
 
 
@@ -87,8 +87,8 @@ def search_spaces(suite: Suite, variants: list[Variant]) -> list[SearchSpace]:
     out = []
     for i, vs in by_entry.items():
         label = entry_label(vs[0], suite)
-        if vs[0].name == SFT_METHOD:
-            out.append(SearchSpace(i, label, SFT_METHOD, 1))
+        if vs[0].name in UNTRAINED:  # a baseline row: nothing to train, nothing to tune
+            out.append(SearchSpace(i, label, vs[0].name, 1))
             continue
         keys = _searched(vs, suite)
         pairs = [(v, {k: v.hparams[k] for k in keys}, t) for v in vs for t in tp]
@@ -128,7 +128,7 @@ def describe_spaces(spaces: list[SearchSpace], budget: Any) -> list[str]:
     out = []
     for s in spaces:
         if not s.tuned:
-            why = "the SFT checkpoint" if s.name == SFT_METHOD else "nothing searched"
+            why = {SFT_METHOD: "the SFT checkpoint", BASE_METHOD: "the model as loaded"}.get(s.name, "nothing searched")
             out.append(f"  {s.entry_label}: no trials ({why}); runs directly on test")
             continue
         sub = f", subsampled to the budget {budget}" if s.subsampled else ""
@@ -175,7 +175,7 @@ def _check_splits(datasets: list, ctx) -> None:
 def _uses_onpolicy(suite: Suite, variants: list[Variant], d) -> bool:
     import methods
 
-    return any(v.name != SFT_METHOD and (getattr(methods.get_class(v.name), "trains_on", "pairs") == "best_of_k"
+    return any(v.name not in UNTRAINED and (getattr(methods.get_class(v.name), "trains_on", "pairs") == "best_of_k"
                                          or d.pairs == "onpolicy") for v in variants)
 
 
@@ -264,7 +264,7 @@ def _check_tuning(suite: Suite, variants: list[Variant], datasets: list, ctx) ->
                 ctx.add(p + (j,), f"duplicate value {v!r}; list each value once")
             seen.add(repr(v))
         for i, m in enumerate(suite.methods):
-            if isinstance(getattr(m, "train", None), dict) and key in m.train and m.name != SFT_METHOD:
+            if isinstance(getattr(m, "train", None), dict) and key in m.train and m.name not in UNTRAINED:
                 ctx.add(("methods", i, "train", key), f"also searched by tuning.grid.{key}; set it in one place")
     seen_seeds: set = set()
     for i, s in enumerate(tn.seeds if isinstance(tn.seeds, list) else []):

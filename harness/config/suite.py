@@ -31,7 +31,7 @@ from methods.settings import did_you_mean
 
 from ..errors import UserError
 from ..paths import find_slurm_profile, resolve, slurm_profile_problem
-from ..schema import DatasetSpec, LauncherSpec, SFTSpec, Suite, TinyModelSpec, TrainSpec
+from ..schema import DatasetSpec, EvalSpec, LauncherSpec, SFTSpec, Suite, TinyModelSpec, TrainSpec, merge_train
 from .check import INVALID, FileChecker, items, ok, show
 from .source import parse_yaml
 from .space import check_protocol
@@ -235,9 +235,36 @@ def _check_task(d: DatasetSpec, p: tuple, ctx: FileChecker) -> None:
 
 
 # ----------------------------------------------------------------- training, eval, rest
+def _one_length(spec: Any, path: tuple, ctx: FileChecker) -> None:
+    """``steps`` or ``epochs``, ``warmup_steps`` or ``warmup_ratio``: one of each pair. Epochs
+    given alone set ``steps`` to null (the length is resolved when the data are loaded)."""
+    if not isinstance(spec, TrainSpec):
+        return
+    if ok(spec.epochs) and spec.epochs is not None:
+        if ctx.explicit(path + ("steps",)) and spec.steps is not None:
+            ctx.add(path + ("steps",), f"give steps or epochs, not both (steps {show(spec.steps)}, epochs "
+                                       f"{spec.epochs:g}); remove one")
+        else:
+            spec.steps = None
+    elif spec.steps is None:
+        ctx.add(path + ("steps",), "is null but epochs is not given; give steps (a count of optimizer "
+                                   "steps) or epochs (passes over the training pairs)")
+    if ok(spec.warmup_ratio) and spec.warmup_ratio is not None and ctx.explicit(path + ("warmup_steps",)):
+        ctx.add(path + ("warmup_ratio",), "give warmup_steps or warmup_ratio, not both; remove one")
+
+
+def _check_override_lengths(v: Variant, ctx: FileChecker) -> None:
+    p = ("methods", v.method_index, "train")
+    for a, b in (("steps", "epochs"), ("warmup_steps", "warmup_ratio")):
+        if v.train.get(a) is not None and v.train.get(b) is not None:
+            ctx.add(p + (a,), f"give {a} or {b}, not both; remove one")
+
+
 def _check_train_values(t: dict, path: tuple, ctx: FileChecker, suite: Suite) -> None:
     """Consistency of one effective set of train settings (suite train, sft, or a method's
     merged overrides). ``path`` is where the message points."""
+    if t.get("steps") is None and t.get("epochs") is None:
+        ctx.add(path + ("steps",), "no length: give steps or epochs")
     ml, mpl = t.get("max_length"), t.get("max_prompt_length")
     if isinstance(ml, int) and isinstance(mpl, int) and mpl >= ml:
         # point at the key the user wrote (the other one is a default)
@@ -258,19 +285,74 @@ def _check_train_values(t: dict, path: tuple, ctx: FileChecker, suite: Suite) ->
                         f"{tiny.max_position_embeddings}; lower max_length or raise max_position_embeddings")
 
 
+def _check_trackers(trackers: Any, path: tuple, ctx: FileChecker) -> None:
+    """Each tracker's package is installed (run would stop at the first cell otherwise)."""
+    from ..trackers import INSTALL_HINT, PACKAGES, missing_package
+
+    for i, t in items(trackers):
+        if isinstance(t, str) and t in PACKAGES and missing_package(PACKAGES[t]):
+            ctx.add(path + (i,), f"tracker {t!r} needs the {PACKAGES[t]} package: {INSTALL_HINT}, "
+                                 f"or remove it")
+
+
 def _check_training(suite: Suite, variants: list[Variant], ctx: FileChecker) -> None:
+    for spec, p in ((suite.train, ("train",)), (suite.sft, ("sft",))):
+        if isinstance(spec, TrainSpec):
+            _check_trackers(spec.trackers, p + ("trackers",), ctx)
+    for v in variants:
+        if "trackers" in v.train:
+            _check_trackers(v.train["trackers"], ("methods", v.method_index, "train", "trackers"), ctx)
     if isinstance(suite.train, TrainSpec):
+        _one_length(suite.train, ("train",), ctx)
+        if suite.train.eval_every and ok(suite.train.eval_every) and isinstance(suite.eval, EvalSpec) \
+                and suite.eval.enabled is False:
+            ctx.add(("train", "eval_every"), "evaluates during training, but eval.enabled is false; "
+                                             "turn evaluation on or remove eval_every")
         train = asdict(suite.train)
         _check_train_values(train, ("train",), ctx, suite)
         for v in variants:
             if v.train:
-                _check_train_values({**train, **v.train}, ("methods", v.method_index, "train"), ctx, suite)
+                _check_override_lengths(v, ctx)
+                _check_train_values(merge_train(train, v.train), ("methods", v.method_index, "train"), ctx, suite)
     if isinstance(suite.sft, SFTSpec) and suite.sft.enabled is True:
+        _one_length(suite.sft, ("sft",), ctx)
+        if ok(suite.sft.eval_every) and suite.sft.eval_every:
+            ctx.add(("sft", "eval_every"), "held-out preference accuracy during training applies to the "
+                                           "preference methods; set it under train, not sft")
         _check_train_values(asdict(suite.sft), ("sft",), ctx, suite)
+
+
+def _check_lm_eval_names(ev: EvalSpec, ctx: FileChecker) -> None:
+    """Each ``eval.lm_eval_tasks`` name is an embedded task, an alias or a task or group of the
+    installed lm-eval (what its data and modules need is checked by ``validate`` and ``run``,
+    after ``--smoke`` has swapped benchmarks for local stand-ins)."""
+    from ..evaluate import lmeval_tasks
+    from ..evaluate.lmeval import EMBEDDED_TASKS as EMBEDDED, STANDARD_BENCHMARKS as ALIASES
+
+    for i, name in items(ev.lm_eval_tasks):
+        if not isinstance(name, str) or name in EMBEDDED or name in ALIASES:
+            continue
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError:
+            ctx.add(("eval", "lm_eval_tasks", i), "needs the lm-eval package (pip install lm-eval)")
+            return
+        try:
+            found = lmeval_tasks.resolve(name)
+        except lmeval_tasks.TagName as e:
+            ctx.add(("eval", "lm_eval_tasks", i), str(e))
+            continue
+        if found is None:
+            hint = did_you_mean(name, list(EMBEDDED) + list(ALIASES)) or did_you_mean(name, lmeval_tasks.all_names())
+            ctx.add(("eval", "lm_eval_tasks", i),
+                    f"unknown lm-eval task {name!r}.{hint} Give {', '.join(EMBEDDED + tuple(ALIASES))}, or any "
+                    f"task or group of the installed lm-eval (`lm_eval ls tasks`)")
 
 
 def _check_eval_launcher_report(suite: Suite, variants: list[Variant], ctx: FileChecker, base_dir: Path) -> None:
     ev = suite.eval
+    if ok(ev) and isinstance(ev, EvalSpec):
+        _check_lm_eval_names(ev, ctx)
     if ok(ev) and isinstance(ev.judge, str) and ev.judge != "oracle":
         if not resolve(base_dir, ev.judge).exists():
             ctx.add(("eval", "judge"), f"must be 'oracle' or the path of a reward model; "

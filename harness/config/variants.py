@@ -17,7 +17,7 @@ import methods
 from methods.settings import Checker, SettingError, did_you_mean, format_path
 
 from ..errors import UserError
-from ..schema import SFT_METHOD, MethodSpec, Suite, TrainSpec
+from ..schema import BASE_METHOD, SFT_METHOD, UNTRAINED, MethodSpec, Suite, TrainSpec
 from .check import INVALID, FileChecker, items, ok, show
 from .ids import canonical
 
@@ -63,8 +63,8 @@ def train_overrides(m: MethodSpec, path: tuple, checker: Checker) -> dict:
 def make_variant(i: int, m: MethodSpec, point: dict, train: dict) -> Variant:
     """The variant of one grid point; raises ``MethodConfigError`` (or a plugin's own
     ``ValueError``/``TypeError``) when the method refuses the combination."""
-    if m.name == SFT_METHOD:
-        return Variant(i, SFT_METHOD, m.label if isinstance(m.label, str) else SFT_METHOD, {}, {})
+    if m.name in UNTRAINED:
+        return Variant(i, m.name, m.label if isinstance(m.label, str) else m.name, {}, {})
     inst = methods.get(m.name, **_mapping(m.hparams), **point)
     return Variant(i, m.name, label_of(m, point), dict(inst.hparams), train)
 
@@ -115,14 +115,15 @@ def check_methods(suite: Suite, ctx: FileChecker) -> list[Variant]:
         if ctx.explicit(p + ("grid",)) and m.grid == {}:
             ctx.add(p + ("grid",), "empty grid; give hyperparameter: [values...] or remove grid")
         train = train_overrides(m, p, ctx)
-        if m.name == SFT_METHOD:
+        if m.name in UNTRAINED:
             _check_sft_entry(suite, m, p, ctx)
             variants.append(make_variant(i, m, {}, {}))
         elif m.name not in available:
             ctx.add(p + ("name",), f"unknown method {m.name!r}."
-                                   f"{did_you_mean(m.name, available + [SFT_METHOD])} Available: "
-                                   f"{', '.join(available) or '(none registered)'}, or {SFT_METHOD!r} for "
-                                   f"the SFT checkpoint itself; plugins: list files that register more")
+                                   f"{did_you_mean(m.name, available + list(UNTRAINED))} Available: "
+                                   f"{', '.join(available) or '(none registered)'}, or the baseline rows "
+                                   f"{SFT_METHOD!r} (the SFT checkpoint) and {BASE_METHOD!r} (the model as "
+                                   f"loaded); plugins: list files that register more")
         elif _check_values(m, p, ctx):
             variants += _combinations(i, m, train, p, ctx)
     _check_labels(variants, ctx)
@@ -130,13 +131,14 @@ def check_methods(suite: Suite, ctx: FileChecker) -> list[Variant]:
 
 
 def _check_sft_entry(suite: Suite, m: MethodSpec, p: tuple, ctx: FileChecker) -> None:
+    """The baseline rows ``sft`` and ``base`` train nothing."""
+    what = "the SFT checkpoint" if m.name == SFT_METHOD else "the model as loaded"
     for key in ("hparams", "grid", "train"):
         if isinstance(getattr(m, key), dict) and getattr(m, key):
-            ctx.add(p + (key,), f"the {SFT_METHOD!r} method evaluates the SFT checkpoint as it is "
-                                f"and takes no {key}; remove it")
-    if suite.sft is not INVALID and suite.sft.enabled is False:
-        ctx.add(p + ("name",), f"method {SFT_METHOD!r} evaluates the SFT checkpoint, but "
-                               f"sft.enabled is false; enable sft or remove this method")
+            ctx.add(p + (key,), f"the {m.name!r} method evaluates {what} as it is and takes no {key}; remove it")
+    if m.name == SFT_METHOD and suite.sft is not INVALID and suite.sft.enabled is False:
+        ctx.add(p + ("name",), f"method {SFT_METHOD!r} evaluates the SFT checkpoint, but sft.enabled is false; "
+                               f"use {BASE_METHOD!r} for the starting model as loaded, or enable sft")
 
 
 def _check_values(m: MethodSpec, p: tuple, ctx: FileChecker) -> bool:

@@ -138,6 +138,22 @@ class StepContext:
     counters: dict = field(default_factory=dict)
 
 
+def resolve_schedule(cfg: TrainSpec, n_examples: int) -> TrainSpec:
+    """``cfg`` with its length in steps and its warmup in steps, as the loop runs them:
+    ``epochs`` -> ``steps = ceil(epochs x n_examples / (batch_size x grad_accum))``, and
+    ``warmup_ratio`` -> ``warmup_steps = ceil(warmup_ratio x steps)`` (transformers'
+    ``TrainingArguments.get_warmup_steps``). A copy; ``cfg`` is left as written."""
+    from dataclasses import replace
+
+    steps = cfg.steps
+    if cfg.epochs is not None:
+        steps = max(1, math.ceil(round(cfg.epochs * n_examples / (cfg.batch_size * cfg.grad_accum), 9)))
+    if steps is None:
+        raise ValueError("train settings give neither steps nor epochs")
+    warm = math.ceil(round(cfg.warmup_ratio * steps, 9)) if cfg.warmup_ratio is not None else cfg.warmup_steps
+    return replace(cfg, steps=steps, epochs=None, warmup_steps=warm, warmup_ratio=None)
+
+
 def lr_at(step: int, cfg: TrainSpec) -> float:
     """Learning rate for optimizer step ``step`` (0-based): linear warmup, then the schedule."""
     if cfg.warmup_steps and step < cfg.warmup_steps:
@@ -196,18 +212,35 @@ class TrainResult:
 
 def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_dir: Path, *,
           accelerator=None, tokenizer=None, log_name: str = "train_log.jsonl",
-          desc: str = "", on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
-    """Train ``model`` in place for ``cfg.steps`` optimizer steps; resumable from ``run_dir``."""
+          desc: str = "", on_step: Callable[[int, dict], None] | None = None,
+          trackers=None, evaluator: Callable[[Any, int], dict] | None = None) -> TrainResult:
+    """Train ``model`` in place for ``cfg.steps`` optimizer steps; resumable from ``run_dir``.
+
+    ``trackers`` (:class:`harness.trackers.Trackers`): every logged step goes to them too, and
+    they are closed as failed if training raises. ``evaluator(model, step) -> dict``: with
+    ``cfg.eval_every``, run before the first step, every ``eval_every`` steps and after the last,
+    on the main process; its records go to ``eval_log.jsonl`` (and the trackers, as ``eval/``)."""
+    try:
+        return _train(model, data, objective, cfg, seed, Path(run_dir), accelerator, tokenizer, log_name,
+                      desc, on_step, trackers, evaluator)
+    except BaseException:
+        if trackers is not None:
+            trackers.finish(failed=True)
+        raise
+
+
+def _train(model, data, objective, cfg, seed, run_dir, accelerator, tokenizer, log_name, desc, on_step,
+           trackers, evaluator) -> TrainResult:
+    """``train`` itself (see there); one function, as the loop reads best whole."""
     from ..results import JsonlWriter, read_jsonl, rotate_checkpoints, truncate_jsonl
     from accelerate import Accelerator
 
     if len(data) == 0:
         raise ValueError("no training examples left after tokenization")
-    run_dir = Path(run_dir)
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg),
-                                     **_tracker_kwargs(cfg, run_dir))
-    if cfg.trackers:
-        acc.init_trackers(project_name=Path(run_dir).name)
+    cfg = resolve_schedule(cfg, len(data))
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=_precision(cfg))
+    if not acc.is_main_process:
+        trackers = evaluator = None
     device = acc.device
     sharded.check(acc)
     fsdp = sharded.active(acc)
@@ -231,6 +264,8 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
         elif resumed is None and log_path.exists():
             log_path.unlink()
         writer = JsonlWriter(log_path)
+    evals = _EvalLog(run_dir / "eval_log.jsonl", evaluator, cfg.eval_every, start, resumed, trackers)
+    evals.at(model, 0, acc)
     previous = read_jsonl(log_path) if (writer is not None and resumed is not None and log_path.exists()) else []
     pad_id = tokenizer.pad_token_id if tokenizer is not None else 0
     eff = cfg.batch_size * cfg.grad_accum
@@ -287,8 +322,9 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
         last_metrics = rec
         if writer is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps):
             writer.write(rec)
-            if cfg.trackers:
-                acc.log(rec, step=step + 1)
+            if trackers is not None:
+                trackers.log(rec, step + 1)
+        evals.at(model, step + 1, acc, last=step + 1 == cfg.steps)
         if on_step is not None:
             on_step(step + 1, rec)
         if bar is not None:
@@ -303,8 +339,7 @@ def train(model, data: TokenizedData, objective, cfg: TrainSpec, seed: int, run_
                 rotate_checkpoints(ckpt_root, cfg.keep_checkpoints)
     if writer is not None:
         writer.close()
-    if cfg.trackers:
-        acc.end_training()
+    evals.close()
     if bar is not None:
         bar.close()
     if fsdp:
@@ -336,24 +371,39 @@ class _null:
         return False
 
 
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+class _EvalLog:
+    """The evaluations during training (``train.eval_every``): before the first step, every
+    ``every`` steps and after the last, into ``eval_log.jsonl`` (cut back to the checkpoint on
+    resume, like the training log) and the trackers."""
 
+    def __init__(self, path: Path, evaluator, every: int, start: int, resumed, trackers):
+        from ..results import JsonlWriter, truncate_jsonl
 
-def _tracker_kwargs(cfg: TrainSpec, run_dir: Path) -> dict:
-    """accelerate trackers (train.trackers): logs go to run_dir/trackers/ beside train_log.jsonl."""
-    if not cfg.trackers:
-        return {}
-    import importlib.util
+        self.evaluator, self.every, self.trackers = (evaluator, every, trackers) if every else (None, 0, None)
+        self.start, self.writer = start, None
+        if self.evaluator is None:
+            return
+        if resumed is not None and path.exists():
+            truncate_jsonl(path, keep_while=lambda r: r.get("step", 0) <= start)
+        elif resumed is None and path.exists():
+            path.unlink()
+        self.writer = JsonlWriter(path)
 
-    from ..errors import UserError
+    def at(self, model, step: int, acc, last: bool = False) -> None:
+        if self.evaluator is None or (step == 0 and self.start > 0):
+            return
+        if step and step % self.every and not last:
+            return
+        t0 = time.perf_counter()
+        rec = {"step": step, **self.evaluator(acc.unwrap_model(model), step)}
+        rec["eval_s"] = round(time.perf_counter() - t0, 4)
+        self.writer.write(rec)
+        if self.trackers is not None:
+            self.trackers.log(rec, step, prefix="eval/")
 
-    for t in cfg.trackers:
-        if t not in TRACKER_PACKAGES:
-            raise UserError(f"train.trackers: unknown tracker {t!r}; choose from {', '.join(TRACKER_PACKAGES)}")
-        if importlib.util.find_spec(TRACKER_PACKAGES[t]) is None:
-            raise UserError(f"train.trackers: {t!r} needs the {TRACKER_PACKAGES[t]} package "
-                            f"(pip install {TRACKER_PACKAGES[t]}), or remove it from train.trackers")
-    return {"log_with": list(cfg.trackers), "project_dir": str(Path(run_dir) / "trackers")}
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _precision(cfg: TrainSpec) -> str:

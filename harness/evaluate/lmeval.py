@@ -65,6 +65,10 @@ from methods.settings import did_you_mean
 log = logging.getLogger(__name__)
 
 EMBEDDED_TASKS = ("embedded_gen", "embedded_mc")
+# what the benchmarks extra of pyproject.toml installs: the modules the paper suite's
+# benchmarks import beyond lm-eval's own dependencies (IFEval's; HumanEval's `evaluate` and
+# everyone's `nltk` come with lm-eval and the harness)
+BENCHMARK_EXTRA_MODULES = ("langdetect", "immutabledict", "nltk", "evaluate")
 LOCAL_TASK_VERSION = 1.0
 
 
@@ -83,7 +87,7 @@ class Benchmark:
 
     task: str
     folder: str
-    num_fewshot: int
+    num_fewshot: int | None
     metric: str
     kind: str
     datasets: tuple[str, ...]
@@ -133,19 +137,24 @@ STANDARD_BENCHMARKS: dict[str, Benchmark] = {
 
 def smoke_standin(task_name: str) -> str:
     """The local task that ``run --smoke`` runs in place of ``task_name``: ``embedded_gen`` for
-    generative benchmarks (GSM8K, HumanEval, IFEval), ``embedded_mc`` for multiple-choice ones
-    (MMLU, GPQA, TruthfulQA). Local task names map to themselves."""
+    generative tasks (GSM8K, HumanEval, IFEval, any ``generate_until`` task of lm-eval),
+    ``embedded_mc`` for the others (MMLU, GPQA, TruthfulQA, HellaSwag...). Local task names map
+    to themselves."""
     if task_name in EMBEDDED_TASKS:
         return task_name
     b = STANDARD_BENCHMARKS.get(task_name)
-    if b is None:
-        raise UserError(_unknown_message(task_name, known_task_names()))
-    return "embedded_gen" if b.kind == "gen" else "embedded_mc"
+    if b is not None:
+        return "embedded_gen" if b.kind == "gen" else "embedded_mc"
+    native = _native(task_name)
+    if isinstance(native, str):
+        raise UserError(native)
+    return "embedded_gen" if native.kind == "gen" else "embedded_mc"
 
 
 def known_task_names(include_path: Path | str | None = None) -> list[str]:
-    """Names a suite may list: the embedded tasks, the standard benchmarks and the tasks,
-    groups and tags defined under ``include_path``."""
+    """The names listed by name: the embedded tasks, the project's aliases and the tasks,
+    groups and tags defined under ``include_path`` (any task or group of the installed lm-eval
+    is accepted too: :mod:`harness.evaluate.lmeval_tasks`)."""
     names = set(EMBEDDED_TASKS) | set(STANDARD_BENCHMARKS)
     if include_path is not None:
         names |= set(_task_manager([Path(include_path)]).all_tasks)
@@ -153,8 +162,22 @@ def known_task_names(include_path: Path | str | None = None) -> list[str]:
 
 
 def _unknown_message(name: str, known: Sequence[str]) -> str:
-    return (f"eval.lm_eval_tasks: unknown lm-eval task {name!r}.{did_you_mean(name, list(known))} "
-            f"Known: {', '.join(known)}.")
+    from . import lmeval_tasks
+
+    hint = did_you_mean(name, list(known)) or did_you_mean(name, lmeval_tasks.all_names())
+    return (f"eval.lm_eval_tasks: unknown lm-eval task {name!r}.{hint} Give one of {', '.join(known)}, "
+            f"or the name of any task or group of the installed lm-eval (`lm_eval ls tasks` lists them)")
+
+
+def _native(name: str):
+    """lm-eval's own task ``name`` (a :class:`lmeval_tasks.NativeTask`), or the problem with it."""
+    from . import lmeval_tasks
+
+    try:
+        found = lmeval_tasks.resolve(name)
+    except lmeval_tasks.TagName as e:
+        return f"eval.lm_eval_tasks: {e}"
+    return found if found is not None else _unknown_message(name, known_task_names())
 
 
 # --------------------------------------------------------------------------- availability
@@ -198,13 +221,20 @@ def check_available(tasks: Sequence[str], *, include_path: Path | str | None = N
             continue
         b = STANDARD_BENCHMARKS.get(name)
         if b is None:
-            problems.append(_unknown_message(name, known))
-            continue
+            native = _native(name)
+            if isinstance(native, str):
+                problems.append(native if "unknown lm-eval task" not in native else _unknown_message(name, known))
+                continue
+            b = Benchmark(task=name, folder=str(native.folder.relative_to(_lm_eval_tasks_dir())), num_fewshot=None,
+                          metric="", kind=native.kind, datasets=native.datasets, note="lm-eval's own task",
+                          requires=native.requires, unsafe_code=native.unsafe_code)
         missing = [m for m in b.requires if find_spec(m) is None]
         if missing:
-            problems.append(f"eval.lm_eval_tasks: benchmark {name!r} needs the Python module(s) "
-                            f"{', '.join(missing)}; install them (pip install 'lm_eval[{name}]' or "
-                            f"pip install {' '.join(missing)})")
+            extra = set(missing) <= set(BENCHMARK_EXTRA_MODULES)
+            problems.append(f"eval.lm_eval_tasks: {'benchmark' if name in STANDARD_BENCHMARKS else 'lm-eval task'} "
+                            f"{name!r} needs the Python module(s) {', '.join(missing)}; install "
+                            + ("the benchmarks extra: pip install 'prefopt-harness[benchmarks]'" if extra
+                               else f"them: pip install {' '.join(missing)}"))
         if b.unsafe_code and not allow_code_execution:
             problems.append(f"eval.lm_eval_tasks: benchmark {name!r} runs model-written code on this "
                             f"machine without a sandbox; enable it explicitly (allow_code_execution) "
@@ -399,26 +429,34 @@ def run_lm_eval(model, tokenizer, tasks: Sequence[str], include_path: Path | Non
     from lm_eval.api.model import LM
 
     local = set(_task_manager([Path(include_path)]).all_tasks) if include_path is not None else set()
-    # Friendly name -> (lm-eval task, default few-shot); local names win over benchmark names.
+    # Friendly name -> (lm-eval task, default few-shot); local names win over benchmark names,
+    # which win over lm-eval's own names (run with the task's own defaults).
     plan: dict[str, tuple[str, int | None]] = {}
     folders: list[Path] = [Path(include_path)] if include_path is not None else []
     for name in tasks:
         if name in local:
             plan[name] = (name, None)
+            continue
+        b = STANDARD_BENCHMARKS.get(name)
+        if b is not None:
+            plan[name], folder = (b.task, b.num_fewshot), _lm_eval_tasks_dir() / b.folder
         else:
-            b = STANDARD_BENCHMARKS[name]
-            plan[name] = (b.task, b.num_fewshot)
-            folder = _lm_eval_tasks_dir() / b.folder
-            if folder not in folders:
-                folders.append(folder)
+            plan[name], folder = (name, None), _native(name).folder  # checked above
+        if folder not in folders:
+            folders.append(folder)
     task_manager = _task_manager(folders)
+    if not {t for t, _ in plan.values()} <= set(task_manager.all_tasks):
+        from lm_eval.tasks import TaskManager  # a group reaching into other folders: index all
+
+        task_manager = TaskManager(include_path=[str(p) for p in folders[:1] if include_path is not None] or None)
 
     # simple_evaluate takes one num_fewshot for all its tasks: one call per distinct setting.
     groups: dict[int | None, list[str]] = {}
     for name, (_, shots) in plan.items():
         groups.setdefault(num_fewshot if num_fewshot is not None else shots, []).append(name)
 
-    unsafe = any(n in STANDARD_BENCHMARKS and STANDARD_BENCHMARKS[n].unsafe_code and n not in local for n in tasks)
+    unsafe = any(n not in local and (STANDARD_BENCHMARKS[n].unsafe_code if n in STANDARD_BENCHMARKS
+                                     else _native(n).unsafe_code) for n in tasks)
     out: dict[str, float] = {}
     with _on_device(model, device), _preserved_rng(), \
             _env(**({"HF_ALLOW_CODE_EVAL": "1"} if unsafe and allow_code_execution else {})):

@@ -12,8 +12,14 @@ Returns flat ``metrics.json`` entries (see docs/metrics.md for the definitions):
   prompts; ``task/score`` its graded oracle (partial credit, 1 for an exact match);
   ``winrate/*``: those answers judged against the SFT policy's greedy answers by the oracle,
   through alpaca-eval's win-rate functions (and the length-controlled win rate).
-* ``kl/policy_ref``: Monte-Carlo KL(policy || reference) over sampled responses: the mean
-  over samples of sum_t [log pi(y_t) - log pi_ref(y_t)].
+* ``kl/policy_ref``: KL(policy || reference) over sampled responses: the mean over samples
+  y ~ policy of sum_t KL(pi(.|x, y_<t) || pi_ref(.|x, y_<t)), the full-vocabulary KL at each
+  position of the sample (never negative; see :func:`sequence_kl`), with its standard error
+  over samples. (Results written before 2026-12 hold the plain Monte-Carlo estimate
+  sum_t [log pi(y_t) - log pi_ref(y_t)], which can come out negative with few samples.)
+* ``pref/logratio_margin``: the mean summed log-ratio margin of held-out pairs (DPO's implicit
+  reward margin at beta = 1), comparable across methods; also drawn against the training step
+  when ``train.eval_every`` is set (:mod:`harness.evaluate.curves`).
 * ``diversity/*``: Self-BLEU, Distinct-2/4, entropy (and semantic diversity) of several
   sampled responses per prompt, over the tokenizer's tokens.
 * ``lm_eval/*``: the suite's lm-eval tasks, in-process.
@@ -67,11 +73,8 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
         pr = sequence_logps(policy, td.prompts, td.rejected, pad, bs, device)
         rc = sequence_logps(ref, td.prompts, td.chosen, pad, bs, device)
         rr = sequence_logps(ref, td.prompts, td.rejected, pad, bs, device)
-        lc = [(a - b).sum().item() for a, b in zip(pc, rc)]
-        lr = [(a - b).sum().item() for a, b in zip(pr, rr)]
-        record_item_mean(m, "pref/accuracy", [float(a > b) for a, b in zip(lc, lr)])
-        record_item_mean(m, "pref/accuracy_norm", [float(a / len(c) > b / len(r)) for a, b, c, r
-                                                   in zip(lc, lr, td.chosen, td.rejected)])
+        for key, items in preference_items(pc, pr, rc, rr).items():
+            record_item_mean(m, key, items)
         m["pref/n"] = len(td)
         for side, pol, rf in (("chosen", pc, rc), ("rejected", pr, rr)):
             a = [x.sum().item() for x in rf]
@@ -129,9 +132,8 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
                       temperature=spec.temperature, batch_size=bs)
         keep = [(p, y) for p, y in zip(kp, ys) if y]
         if keep:
-            lp = sequence_logps(policy, [p for p, _ in keep], [y for _, y in keep], pad, bs, device)
-            lr_ = sequence_logps(ref, [p for p, _ in keep], [y for _, y in keep], pad, bs, device)
-            record_item_mean(m, "kl/policy_ref", [(a - b).sum().item() for a, b in zip(lp, lr_)])
+            record_item_mean(m, "kl/policy_ref", sequence_kl(policy, ref, [p for p, _ in keep],
+                                                             [y for _, y in keep], pad, bs, device))
     if spec.diversity_prompts and held:
         dp = held[: spec.diversity_prompts]
         pids = [prompt_ids(p) for p in dp]
@@ -158,6 +160,45 @@ def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Pat
         m.update(_lm_eval(policy, tok, data, spec, Path(out_dir), seed, device))
     policy.train()
     return m
+
+
+def preference_items(pc, pr, rc, rr) -> dict[str, list[float]]:
+    """Per held-out pair, from per-token log-probs of the policy (``pc``, ``pr``) and of the
+    reference (``rc``, ``rr``) on the chosen and rejected responses: whether the summed
+    log-ratio log pi/pi_ref prefers the chosen response (``pref/accuracy``), the same with
+    per-token averaged log-ratios (``pref/accuracy_norm``), and the summed log-ratio margin
+    (``pref/logratio_margin``: DPO's implicit reward margin at beta = 1, one definition for
+    every method). An exact tie counts one half (the policy equal to its reference scores 50%,
+    chance, not 0%). The final evaluation and the curves during training both use this."""
+    lc = [(a - b).sum().item() for a, b in zip(pc, rc)]
+    lr = [(a - b).sum().item() for a, b in zip(pr, rr)]
+
+    def win(a: float, b: float) -> float:
+        return 1.0 if a > b else (0.5 if a == b else 0.0)
+
+    return {"pref/accuracy": [win(a, b) for a, b in zip(lc, lr)],
+            "pref/accuracy_norm": [win(a / max(len(c), 1), b / max(len(r), 1))
+                                   for a, b, c, r in zip(lc, lr, pc, pr)],
+            "pref/logratio_margin": [a - b for a, b in zip(lc, lr)]}
+
+
+def sequence_kl(policy, ref, prompts, responses, pad: int, bs: int, device) -> list[float]:
+    """Per sampled response y ~ policy, sum_t KL(pi(.|x, y_<t) || pi_ref(.|x, y_<t)) over the
+    full vocabulary at each of its positions: an estimate of the sequence-level KL(pi || pi_ref)
+    that is never negative and has lower variance than the plain Monte-Carlo estimate
+    sum_t [log pi(y_t) - log pi_ref(y_t)] (both have the sequence KL as expectation: the exact
+    per-position KL is the conditional expectation of the per-token log-ratio given the prefix)."""
+    from ..core.batch import collate, response_logits, selected_logits
+
+    out: list[float] = []
+    with torch.no_grad():
+        for s in range(0, len(prompts), bs):
+            rows = collate(prompts[s: s + bs], responses[s: s + bs], pad).to(device)
+            lp = torch.log_softmax(selected_logits(response_logits(policy, rows), rows).float(), -1)
+            lq = torch.log_softmax(selected_logits(response_logits(ref, rows), rows).float(), -1)
+            kl = (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0)  # clamp: float rounding only
+            out.extend((kl * rows.resp_mask).sum(-1).cpu().tolist())
+    return out
 
 
 def _reference_answers(ref, pids, pad, eos, spec, bs, cache_dir, ref_id) -> list[list[int]]:

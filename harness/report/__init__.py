@@ -22,10 +22,13 @@ improvement over tasks, with several groups), ``reward_accuracy`` (each method's
 ``uncertainty`` (seed interval and item-level SE per main cell), ``diversity``, ``cost``,
 ``displacement``, ``status``, ``failed`` (cells that failed, diverged or were superseded),
 ``provenance`` (commits and uncommitted changes), ``hparams`` (each only when it has data).
-Figures: ``bars_accuracy``, ``accuracy_vs_cost``, ``reward_kl_frontier``, ``training_curves``,
-``diversity``, ``label_noise``, ``token_importance_<label>``, ``performance_profiles`` (each
-only when its data exist; the page says which were skipped). A smoke run (``run --smoke``)
-says so in the page title, every table title and note, every figure and the index.
+Figures (first on the page, one colour per method row in all of them, with a colour key):
+``bars_accuracy``, ``heldout_curves`` (with ``train.eval_every``), ``reward_kl_frontier``,
+``accuracy_vs_cost``, ``training_loss`` and ``training_margins`` (one panel per method),
+``diversity``, ``label_noise``, ``token_importance_<label>``, ``token_text_<label>``,
+``performance_profiles`` (each only when its data exist; a figure without data is left out).
+A smoke run (``run --smoke``) says so in the page title, every table title and note, every
+figure and the index.
 
 Every file is written atomically, and the same results give byte-identical files (no
 timestamps, fixed bootstrap seeds, fixed plotting settings). ``MANIFEST`` lists every file
@@ -99,7 +102,13 @@ def _report_files(suite_dir: Path, baseline: str | None) -> tuple[dict[str, byte
     for f in figures:
         if f.png is not None:
             files[f"figures/{f.name}.png"] = f.png
-    files["report.html"] = render_html(col, tables, figures).encode()
+    from .plots import method_colors
+
+    colors = {}  # the colour key above the figures: the rows that have results
+    if any(f.png is not None for f in figures):
+        done = set(col.done["label"])
+        colors = {lab: c for lab, c in method_colors(col).items() if lab in done}
+    files["report.html"] = render_html(col, tables, figures, colors).encode()
     files["report.md"] = render_markdown(col, tables, figures).encode()
     return files, col.smoke
 

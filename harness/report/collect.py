@@ -23,7 +23,7 @@ Sources per cell (see :func:`harness.results.list_cells`):
   ``done`` (a failed or interrupted cell's partial file is not a result); ``null`` (how a
   non-finite value is stored) becomes NaN;
 * ``train_log.jsonl``: numeric keys per step, as long-form curves (any state, so a diverging
-  run's curve up to the fault is visible);
+  run's curve up to the fault is visible); ``eval_log.jsonl`` (``train.eval_every``) the same way;
 * ``token_importance.json`` (TI-DPO cells): ``{"examples": [{"pair", "side", "tokens",
   "weights"}]}``;
 * provenance: ``env.json``'s ``git_commit``, ``git_dirty`` and ``git_dirty_files`` (the code a
@@ -44,7 +44,7 @@ from harness import paths
 from harness.errors import UserError
 from harness.results import CorruptFileError, list_cells, read_json, read_jsonl, read_yaml
 from harness.results.layout import read_plan
-from harness.schema import SFT_METHOD
+from harness.schema import BASE_METHOD, SFT_METHOD
 
 __all__ = ["Collected", "collect", "find_suites", "resolve_baseline", "read_reported",
            "ID_COLUMNS", "TOKEN_IMPORTANCE_FILE", "REPORTED_FILE", "PROVENANCE_COLUMNS"]
@@ -52,6 +52,7 @@ __all__ = ["Collected", "collect", "find_suites", "resolve_baseline", "read_repo
 ID_COLUMNS = ["cell_id", "state", "model", "dataset", "method", "label", "seed", "label_noise",
               "data_key"]
 TOKEN_IMPORTANCE_FILE = "token_importance.json"
+EVAL_LOG = "eval_log.jsonl"
 REPORTED_FILE = "reported.csv"
 PROVENANCE_COLUMNS = ["git_commit", "git_dirty", "git_dirty_files", "smoke", "sft_per_seed"]
 # a tuned suite's cells (config.yaml ``tuning``): role "trial" (dev) / "final" / "cell", the
@@ -93,6 +94,7 @@ class Collected:
     smoke: bool = False
     smoke_inferred: bool = False
     trials: pd.DataFrame | None = None
+    eval_curves: pd.DataFrame | None = None  # eval_log.jsonl (train.eval_every), as ``curves``
 
     @property
     def done(self) -> pd.DataFrame:
@@ -155,7 +157,7 @@ def _label_order(cells: pd.DataFrame, suite_yaml: dict) -> list[str]:
             if elab is None and e.get("name") == method:
                 rank = i
                 break
-        ranks.append((0 if method == SFT_METHOD else 1, rank, str(label)))
+        ranks.append(({BASE_METHOD: 0, SFT_METHOD: 1}.get(method, 2), rank, str(label)))
     return list(dict.fromkeys(r[2] for r in sorted(ranks)))
 
 
@@ -349,14 +351,15 @@ def _data_drop_note(metrics: dict) -> str | None:
             f"training pairs (prompt filling max_length)")
 
 
-def _curves(entry: dict, row: dict, notes: list[str]) -> list[dict]:
-    path = Path(entry["dir"]) / "train_log.jsonl"
+def _curves(entry: dict, row: dict, notes: list[str], log: str = "train_log.jsonl") -> list[dict]:
+    path = Path(entry["dir"]) / log
     if not path.is_file():
         return []
     try:
         recs = read_jsonl(path)
     except (CorruptFileError, OSError) as e:
-        notes.append(f"{path}: unreadable ({e}); no training curve for this cell.")
+        notes.append(f"{path}: unreadable ({e}); no {'training' if log.startswith('train') else 'held-out'} "
+                     f"curve for this cell.")
         return []
     out = []
     keys = {k: row[k] for k in ("cell_id", "model", "dataset", "method", "label", "seed",
@@ -384,13 +387,14 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
                         "or metrics.json). Point `harness report` at results/<suite> as written "
                         "by `python -m harness run SUITE.yaml`.")
     suite_yaml = _read_suite_yaml(suite_dir, notes)
-    rows, values, curves = [], [], []
+    rows, values, curves, evals = [], [], [], []
     ti: dict[str, list[dict]] = {}
     for entry in entries:
         row, vals = _cell_row(entry, notes)
         rows.append(row)
         values.append(vals)
         curves.extend(_curves(entry, row, notes))
+        evals.extend(_curves(entry, row, notes, EVAL_LOG))
         p = Path(entry["dir"]) / TOKEN_IMPORTANCE_FILE
         if p.is_file():
             ex = _read_token_importance(p, notes)
@@ -411,8 +415,9 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
     _supersede(cells)
     curve_cols = ["cell_id", "model", "dataset", "method", "label", "seed", "label_noise",
                   "step", "metric", "value"]
-    trial_ids = set(trials["cell_id"])
+    trial_ids = set(trials["cell_id"])  # a tuned suite's trials: in the tuning tables only
     curves_df = pd.DataFrame([c for c in curves if c["cell_id"] not in trial_ids], columns=curve_cols)
+    evals_df = pd.DataFrame([c for c in evals if c["cell_id"] not in trial_ids], columns=curve_cols)
     name = suite_yaml.get("name") if isinstance(suite_yaml.get("name"), str) else None
     if name is None:
         names = {str(_get(e.get("config"), "suite")) for e in entries if _get(e.get("config"), "suite")}
@@ -434,7 +439,7 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
     cfg_suites = {str(_get(e.get("config"), "suite")) for e in entries}
     inferred = not smoke and any(x.endswith("-smoke") for x in cfg_suites | {name})
     return Collected(
-        suite=name, suite_dir=suite_dir, cells=cells, curves=curves_df,
+        suite=name, suite_dir=suite_dir, cells=cells, curves=curves_df, eval_curves=evals_df,
         labels=_label_order(cells, suite_yaml), metric_columns=metric_cols,
         baseline=baseline, main_metrics=main,
         token_importance=ti, reported=reported, notes=notes, smoke=smoke or inferred,

@@ -28,10 +28,15 @@ thead th { border-bottom: 2px solid #555; text-align: left; }
 td.num, th.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 ul.notes { font-size: 0.85em; color: #444; }
 p.files { font-size: 0.8em; color: #666; }
-p.skipped { color: #a33; font-style: italic; }
-figure { margin: 1em 0 2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: 0.85em; color: #444; }
-nav ul { columns: 2; font-size: 0.9em; }
+figure { margin: 0.5em 0 2em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #444; max-width: 60em; }
+nav { font-size: 0.9em; columns: 2; column-gap: 3em; }
+nav p { font-weight: 600; margin: 0.6em 0 0.2em 0; break-after: avoid; }
+nav ul { margin: 0; padding-left: 1.2em; }
+p.colors { font-size: 0.9em; }
+span.key { margin-right: 1.2em; white-space: nowrap; }
+span.swatch { display: inline-block; width: 0.9em; height: 0.9em; margin-right: 0.3em;
+              vertical-align: -0.1em; border-radius: 2px; }
 """.strip()
 
 
@@ -43,26 +48,51 @@ def _state_counts(col: Collected) -> str:
 
 
 def sections(tables: list[Table], figures: list[FigureResult]) -> list[tuple[str, list]]:
-    """The page's sections in order: (heading, items), items being tables or figures."""
+    """The page's sections in order: (heading, items), items being tables or figures. Figures
+    come first (a reader looks before reading); a figure without image (its data missing) is
+    left out, not announced."""
     by = {t.name: t for t in tables}
     main = [t for t in tables if t.name.startswith("main_")]
     comp = [t for t in tables if t.name.startswith("comparison")] + \
         [by[n] for n in ("aggregate", "reward_accuracy", "uncertainty") if n in by]
     other = [by[n] for n in ("diversity", "cost", "displacement") if n in by]
-    out = [("Status", [by[n] for n in ("status", "failed", "provenance") if n in by]),
+    out = [("Figures", [f for f in figures if f.png is not None]),
            ("Main results", main), ("Comparison with the baseline", comp)]
     if "reported_vs_reproduced" in by:
         out.append(("Reported vs reproduced", [by["reported_vs_reproduced"]]))
     if "tuning_choice" in by:
         out.append(("Tuning (settings chosen on the dev split)", [by["tuning_choice"]]))
-    out += [("Figures", figures), ("Diversity, cost and displacement", other)]
+    out += [("Diversity, cost and displacement", other)]
     if "onpolicy_data" in by:
         out.append(("On-policy training data", [by["onpolicy_data"]]))
+    out.append(("Status and provenance", [by[n] for n in ("status", "failed", "provenance") if n in by]))
     if "hparams" in by:
         out.append(("Configuration", [by["hparams"]]))
     if "tuning_search" in by:
         out.append(("Appendix: the whole search", [by["tuning_search"]]))
     return [(h, items) for h, items in out if items]
+
+
+def toc_entries(secs: list[tuple[str, list]]) -> list[tuple[str, str, str]]:
+    """(section, anchor, text) per item; a title shared by a table and a figure says which is which."""
+    items = [(h, it) for h, its in secs for it in its]
+    titles = [it.title for _, it in items]
+    out = []
+    for h, it in items:
+        fig = not isinstance(it, Table)
+        anchor = ("fig-" if fig else "t-") + it.name
+        text = it.title + ((" (figure)" if fig else " (table)") if titles.count(it.title) > 1 else "")
+        out.append((h, anchor, text))
+    return out
+
+
+def _color_key(colors: dict[str, str]) -> str:
+    """One swatch per method row: the colours every figure uses."""
+    if not colors:
+        return ""
+    sw = "".join(f'<span class="key"><span class="swatch" style="background:{escape(c)}"></span>'
+                 f"{escape(lab)}</span>" for lab, c in colors.items())
+    return f'<p class="colors">Colours in every figure: {sw}</p>'
 
 
 def _note_html(note: str) -> str:
@@ -101,8 +131,6 @@ def _table_html(t: Table) -> str:
 
 def _figure_html(f: FigureResult) -> str:
     head = f'<h3 id="{escape("fig-" + f.name)}">{escape(f.title)}</h3>'
-    if f.png is None:
-        return f'{head}\n<p class="skipped">Figure skipped: {escape(f.skipped or "no data")}.</p>'
     return (f'{head}\n<figure><img src="figures/{escape(f.name)}.png" alt="{escape(f.title)}">'
             f"<figcaption>{escape(f.caption)}</figcaption></figure>")
 
@@ -130,7 +158,9 @@ def _header_lines(col: Collected) -> list[str]:
     return lines + provenance_lines(col)
 
 
-def render_html(col: Collected, tables: list[Table], figures: list[FigureResult]) -> str:
+def render_html(col: Collected, tables: list[Table], figures: list[FigureResult],
+                colors: dict[str, str] | None = None) -> str:
+    """The page; ``colors``: the figures' colour per method row, shown as a key above them."""
     secs = sections(tables, figures)
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
            f"<title>Report: {escape(_title(col)[7:])}</title>", f"<style>\n{CSS}\n</style>", "</head>",
@@ -139,19 +169,23 @@ def render_html(col: Collected, tables: list[Table], figures: list[FigureResult]
     if col.notes:
         out.append('<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in col.notes)
                    + "</ul>")
-    out.append("<nav><ul>")
-    for h, items in secs:
-        for it in items:
-            if isinstance(it, Table):
-                out.append(f'<li><a href="#t-{escape(it.name)}">{escape(it.title)}</a></li>')
-            else:
-                out.append(f'<li><a href="#fig-{escape(it.name)}">{escape(it.title)}</a>'
-                           f'{" (skipped)" if it.png is None else ""}</li>')
-    out.append("</ul></nav>")
+    out.append("<nav>")
+    current = None
+    for h, anchor, text in toc_entries(secs):
+        if h != current:
+            out.append(("</ul>" if current is not None else "") + f"<p>{escape(h)}</p><ul>")
+            current = h
+        out.append(f'<li><a href="#{escape(anchor)}">{escape(text)}</a></li>')
+    out.append(("</ul>" if current is not None else "") + "</nav>")
     for h, items in secs:
         out.append(f"<h2>{escape(h)}</h2>")
+        if h == "Figures":
+            out.append(_color_key(colors or {}))
+            out.append('<div class="figures">')
         for it in items:
             out.append(_table_html(it) if isinstance(it, Table) else _figure_html(it))
+        if h == "Figures":
+            out.append("</div>")
     out += ["</body>", "</html>"]
     return "\n".join(out) + "\n"
 
@@ -168,8 +202,6 @@ def render_markdown(col: Collected, tables: list[Table], figures: list[FigureRes
                 out.append(to_markdown(it, "###"))
                 out.append(f"Files: [CSV](tables/{it.name}.csv), [LaTeX](tables/{it.name}.tex)")
                 out.append("")
-            elif it.png is None:
-                out += [f"### {it.title}", "", f"Figure skipped: {it.skipped or 'no data'}.", ""]
             else:
                 out += [f"### {it.title}", "", f"![{it.title}](figures/{it.name}.png)", "",
                         it.caption, ""]

@@ -11,7 +11,11 @@ bootstrap. So the same results give the same bytes. A smoke run's figures say so
 (top left, red) and in their titles.
 
 Each builder returns a :class:`FigureResult`; when its data are missing the result has no
-image and says why (the HTML report prints that).
+image and says why (the page leaves such a figure out rather than print a note about it).
+
+Colours: one per method row, the same in every figure (:func:`method_colors`: Paul Tol's
+colour-blind-safe hues, greys for the baseline rows); every axis is labelled with the quantity
+and its unit; panels are faceted by (model, data set), never coloured by it.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from .summary import Summary, display_name
 
 __all__ = ["FigureResult", "build_figures", "render_png"]
 
-CURVE_METRICS = ["loss", "rewards/margins", "rewards/accuracies"]
+NONNEGATIVE = ("kl/policy_ref",)  # metrics that cannot be below 0 (intervals cut there)
 DIVERSITY = ["diversity/self_bleu", "diversity/distinct_2", "diversity/distinct_4",
              "diversity/entropy"]
 MAX_TOKENS = 48          # tokens shown per token-importance example
@@ -105,11 +109,35 @@ def _panels(rows: int, cols: int, pw: float, ph: float, *, left: float = 0.75,
     return fig, axes
 
 
-def _colors(labels: list[str]) -> dict[str, tuple]:
-    import seaborn as sns
+# One colour per method row, the same in every figure (and in the page's colour key). Paul
+# Tol's colour-blind-safe qualitative schemes (personal.sron.nl/~pault): "bright" (7 distinct
+# hues), then the hues of "muted" that differ from those; the baseline rows (the SFT checkpoint,
+# the model as loaded) are greys, so the eye goes to the methods.
+PALETTE = ["#4477AA", "#EE6677", "#228833", "#CCBB44", "#66CCEE", "#AA3377", "#332288",
+           "#999933", "#882255", "#44AA99"]
+BASELINE_GREYS = {"base": "#9A9A9A", "sft": "#4D4D4D"}
 
-    pal = sns.color_palette("colorblind" if len(labels) <= 10 else "husl", max(len(labels), 1))
-    return {lab: tuple(pal[i]) for i, lab in enumerate(labels)}
+
+def method_colors(col: Collected, extra: list[str] = ()) -> dict[str, str]:
+    """Label -> colour (hex) for every row of the suite, in the report's row order, then for
+    ``extra`` labels (a tuned suite's entries that have no final row)."""
+    method_of = dict(zip(col.cells["label"], col.cells["method"]))
+    labels = list(col.labels) + [lab for lab in extra if lab not in col.labels]
+    out: dict[str, str] = {}
+    rest = [lab for lab in labels if method_of.get(lab) not in BASELINE_GREYS]
+    for lab in labels:
+        if method_of.get(lab) in BASELINE_GREYS:
+            out[lab] = BASELINE_GREYS[method_of[lab]]
+    if len(rest) <= len(PALETTE):
+        out.update({lab: PALETTE[i] for i, lab in enumerate(rest)})
+    else:  # more rows than distinct hues: evenly spaced hues (no longer colour-blind-safe)
+        import seaborn as sns
+
+        pal = sns.color_palette("husl", len(rest)).as_hex()
+        out.update({lab: pal[i] for i, lab in enumerate(rest)})
+    return out
+
+
 
 
 def _grid(n: int, ncols_max: int = 3) -> tuple[int, int]:
@@ -134,58 +162,57 @@ def _group_name(g: tuple[str, str]) -> str:
 
 
 # ----------------------------------------------------------------------------- bar charts
-def _bar_panel(ax, col: Collected, summ: Summary, metric: str, colors: dict) -> None:
-    labels = [lab for lab in col.labels if lab in set(summ.values["label"])]
-    groups = summ.groups
-    several = len(groups) > 1
-    width = 0.8 / max(len(groups), 1)
-    import seaborn as sns
+def _axis_label(metric: str) -> str:
+    """'Task acc. (%)': a metric's display name and unit, for an axis."""
+    from harness import metrics as M
 
-    gpal = sns.color_palette("deep", max(len(groups), 1))
+    unit = M.get(metric).unit if M.known(metric) else ""
+    return display_name(metric) + (f" ({unit})" if unit else "")
+
+
+def _bar_panel(ax, col: Collected, summ: Summary, metric: str, colors: dict, group) -> None:
+    """One bar per method row (its colour), mean and 95% t-interval over seeds."""
+    labels = [lab for lab in col.labels if lab in set(summ.values["label"])]
     x = np.arange(len(labels), dtype=float)
-    for gi, g in enumerate(groups):
-        means, lows, highs, cols = [], [], [], []
-        for lab in labels:
-            s = summ.stat(metric, lab, g)
-            means.append(s.get("mean", math.nan))
-            lo, hi = _err(s)
-            lows.append(lo)
-            highs.append(hi)
-            cols.append(gpal[gi] if several else colors[lab])
-        pos = x - 0.4 + width * (gi + 0.5)
-        heights = [m if math.isfinite(m) else math.nan for m in means]  # no value: no bar
-        ax.bar(pos, heights, width=width * 0.95, color=cols,
-               label=_group_name(g) if several else None)
-        ax.errorbar(pos, heights, yerr=[lows, highs], fmt="none", ecolor="0.2", capsize=2,
-                    elinewidth=0.8)
+    means, lows, highs = [], [], []
+    for lab in labels:
+        s = summ.stat(metric, lab, group)
+        means.append(s.get("mean", math.nan))
+        lo, hi = _err(s)
+        lows.append(lo)
+        highs.append(hi)
+    heights = [m if math.isfinite(m) else math.nan for m in means]  # no value: no bar
+    clipped = [_clip_pct(metric, h, e) for h, e in zip(heights, zip(lows, highs))]  # shares stay in [0, 100]
+    lows, highs = [c[0] for c in clipped], [c[1] for c in clipped]
+    ax.bar(x, heights, width=0.75, color=[colors[lab] for lab in labels])
+    ax.errorbar(x, heights, yerr=[lows, highs], fmt="none", ecolor="0.2", capsize=2, elinewidth=0.8)
+    for xi, h in zip(x, heights):
+        if not math.isfinite(h):
+            ax.text(xi, 0, "n/a", ha="center", va="bottom", fontsize=7, color="0.35")
     ax.set_xticks(x)
+    ax.set_xlim(-0.6, len(labels) - 0.4)  # every row keeps its slot, with or without a bar
     ax.set_xticklabels(labels, rotation=30 if len(labels) > 3 else 0,
                        ha="right" if len(labels) > 3 else "center")
-    ax.set_title(display_name(metric) + f" ({metric})")
+    ax.set_ylabel(_axis_label(metric))
 
 
 def _bars_figure(name, title, caption, metrics, col, summ, colors) -> FigureResult:
+    """Rows: metrics; columns: (model, data set) groups; one coloured bar per method."""
     metrics = [m for m in metrics if _has(summ, m)]
     if not metrics:
         return FigureResult(name, title, caption,
                             skipped="no finished cell has " + " or ".join(caption_metrics(name)))
-    rows, ncols = _grid(len(metrics), 2)
+    groups = summ.groups
     n_lab = len(set(summ.values["label"]))
-    several = len(summ.groups) > 1
     label_room = 0.35 + (min(max(len(str(x)) for x in summ.values["label"]), 30) * 0.055
                          if n_lab > 3 else 0.0)
-    fig, axes = _panels(rows, ncols, max(3.0, 0.5 * n_lab + 0.8), 2.4, left=0.55,
-                        bottom=label_room + (0.1 + 0.22 * math.ceil(len(summ.groups) / 4)
-                                             if several else 0.1),
-                        hgap=label_room + 0.45)
+    fig, axes = _panels(len(metrics), len(groups), max(2.6, 0.42 * n_lab + 0.8), 2.3, left=0.75,
+                        bottom=label_room + 0.1, hgap=label_room + 0.45, wgap=0.85)
     for i, m in enumerate(metrics):
-        _bar_panel(axes[i // ncols][i % ncols], col, summ, m, colors)
-    for j in range(len(metrics), rows * ncols):
-        axes[j // ncols][j % ncols].set_visible(False)
-    if several:
-        handles, names = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, names, loc="lower center", ncol=min(len(names), 4), fontsize=7,
-                   frameon=False)
+        for j, g in enumerate(groups):
+            ax = axes[i][j]
+            _bar_panel(ax, col, summ, m, colors, g)
+            ax.set_title(_group_name(g) if len(groups) > 1 else display_name(m), fontsize=8)
     return FigureResult(name, title, caption, png=render_png(fig))
 
 
@@ -210,11 +237,17 @@ def _scatter_figure(name, title, caption, col, summ, colors, xm, ym, *, connect_
             mx, my = sx.get("mean", math.nan), sy.get("mean", math.nan)
             if not (math.isfinite(mx) and math.isfinite(my)):
                 continue
+            ex, ey = _clip_pct(ym, my, _err(sy)), None
+            ex, ey = _clip_pct(xm, mx, _err(sx)), ex
+            below = False
+            if xm in NONNEGATIVE:  # a KL: the interval is cut at 0, a negative estimate drawn at 0
+                below = mx < 0
+                ex = (min(ex[0], max(mx, 0.0)), max(mx + ex[1], 0.0) - max(mx, 0.0))
+                mx = max(mx, 0.0)
             pts[lab] = (mx, my)
-            ex, ey = _err(sx), _err(sy)
             ax.errorbar([mx], [my], xerr=[[ex[0]], [ex[1]]], yerr=[[ey[0]], [ey[1]]], fmt="o",
                         color=colors[lab], ecolor=colors[lab], elinewidth=0.8, capsize=2,
-                        label=lab)
+                        label=lab, markerfacecolor="white" if below else colors[lab])
         if connect_methods:
             for meth in dict.fromkeys(method_of[lab] for lab in pts):
                 mine = sorted((p for lab, p in pts.items() if method_of[lab] == meth))
@@ -224,14 +257,21 @@ def _scatter_figure(name, title, caption, col, summ, colors, xm, ym, *, connect_
                             color=colors[first])
         if logx and pts and min(p[0] for p in pts.values()) > 0:
             ax.set_xscale("log")
-        ax.set_xlabel(f"{display_name(xm)} ({xm})")
-        ax.set_ylabel(f"{display_name(ym)} ({ym})")
-        ax.set_title(_group_name(g))
-        if pts:
-            ax.legend(fontsize=7)
+        ax.set_xlabel(_axis_label(xm))
+        ax.set_ylabel(_axis_label(ym))
+        ax.set_title(_group_name(g), fontsize=8)
+        if pts and gi == 0:
+            ax.legend(fontsize=6, loc="best", framealpha=0.8)
     for j in range(len(groups), rows * ncols):
         axes[j // ncols][j % ncols].set_visible(False)
     return FigureResult(name, title, caption, png=render_png(fig))
+
+
+def _clip_pct(metric: str, mean: float, err: tuple[float, float]) -> tuple[float, float]:
+    """Error-bar lengths of a share in percent, kept inside [0, 100]."""
+    if not _axis_label(metric).endswith("(%)") or not math.isfinite(mean):
+        return err
+    return min(err[0], max(mean, 0.0)), min(err[1], max(100.0 - mean, 0.0))
 
 
 def _first(summ: Summary, candidates: list[str]) -> str | None:
@@ -243,8 +283,8 @@ def accuracy_vs_cost(col, summ, colors) -> FigureResult:
     ym = _first(summ, ["task/accuracy", "pref/accuracy"])
     flops = _has(summ, "cost/flops") and bool((summ.values["cost/flops"] > 0).any())
     xm = "cost/flops" if flops else ("cost/train_wall_s" if _has(summ, "cost/train_wall_s") else None)
-    caption = (f"{ym} against {xm} per method (mean and 95% t-interval over seeds)." if ym and xm
-               else "accuracy against training cost")
+    caption = (f"{display_name(ym)} against {display_name(xm)} per method (mean and 95% t-interval over "
+               f"seeds)." if ym and xm else "accuracy against training cost")
     if ym is None or xm is None:
         return FigureResult(name, title, caption, skipped="needs task/accuracy or pref/accuracy "
                             "and cost/flops or cost/train_wall_s in finished cells")
@@ -256,66 +296,15 @@ def accuracy_vs_cost(col, summ, colors) -> FigureResult:
 def reward_kl(col, summ, colors) -> FigureResult:
     name, title = "reward_kl_frontier", "Reward-KL frontier"
     ym = _first(summ, ["task/accuracy", "winrate/vs_sft", "pref/accuracy"])
-    caption = (f"{ym} against KL(policy || reference) per method; labels of the same loss "
-               "(hyperparameter grid) are joined by a dashed line in KL order.")
+    caption = (f"{display_name(ym) if ym else 'accuracy'} against KL(policy || reference) per method, "
+               "means and 95% t-intervals over seeds (the KL interval cut at 0, as a KL cannot be "
+               "negative; an open marker is an older Monte-Carlo estimate below 0, drawn at 0); "
+               "labels of the same loss (hyperparameter grid) are joined by a dashed line in KL order.")
     if ym is None or not _has(summ, "kl/policy_ref"):
         return FigureResult(name, title, caption, skipped="needs kl/policy_ref and task/accuracy, "
                             "winrate/vs_sft or pref/accuracy in finished cells")
     return _scatter_figure(name, title, caption, col, summ, colors, "kl/policy_ref", ym,
                            connect_methods=True)
-
-
-# ------------------------------------------------------------------------ training curves
-def training_curves(col: Collected, summ: Summary, colors) -> FigureResult:
-    name, title = "training_curves", "Training curves"
-    caption = ("Per method, the mean over seeds of finished runs with a band of ± one standard "
-               "deviation; failed runs are drawn one by one (dotted, x at the last logged step).")
-    cur = col.curves
-    ok_states = dict(zip(col.cells["cell_id"], col.cells["state"]))
-    if len(cur):
-        cur = cur[cur["metric"].isin(CURVE_METRICS)]
-        cur = cur[cur["cell_id"].map(ok_states).isin(["done", "failed"])]
-    metrics = [m for m in CURVE_METRICS if len(cur) and (cur["metric"] == m).any()]
-    if not metrics:
-        return FigureResult(name, title, caption, skipped="no train_log.jsonl with loss or "
-                            "rewards/* in finished or failed cells")
-    groups = sorted({(m, d) for m, d in zip(cur["model"], cur["dataset"])})
-    fig, axes = _panels(len(groups), len(metrics), 3.0, 2.0, left=0.55, wgap=0.6, hgap=0.75)
-    labels = [lab for lab in col.labels if lab in set(cur["label"])]
-    for gi, g in enumerate(groups):
-        cg = cur[(cur["model"] == g[0]) & (cur["dataset"] == g[1])]
-        for mi, m in enumerate(metrics):
-            ax = axes[gi][mi]
-            cm = cg[cg["metric"] == m]
-            for lab in labels:
-                cl = cm[cm["label"] == lab]
-                done = cl[cl["cell_id"].map(ok_states) == "done"]
-                if len(done):
-                    st = done.groupby("step", sort=True)["value"].agg(["mean", "std", "count"])
-                    steps = st.index.to_numpy(dtype=float)
-                    ax.plot(steps, st["mean"].to_numpy(), color=colors[lab], label=lab,
-                            linewidth=1.1)
-                    band = st["count"].to_numpy() >= 2
-                    if band.any():
-                        sd = st["std"].to_numpy()
-                        mean = st["mean"].to_numpy()
-                        ax.fill_between(steps, np.where(band, mean - sd, mean),
-                                        np.where(band, mean + sd, mean), color=colors[lab],
-                                        alpha=0.2, linewidth=0)
-                for cid in sorted(set(cl["cell_id"])):
-                    if ok_states.get(cid) != "failed":
-                        continue
-                    one = cl[cl["cell_id"] == cid].sort_values("step", kind="stable")
-                    seed = int(one["seed"].iloc[0])
-                    ax.plot(one["step"].to_numpy(dtype=float), one["value"].to_numpy(), ":",
-                            color=colors[lab], linewidth=1.0, label=f"{lab} s{seed} (failed)")
-                    ax.plot([float(one["step"].iloc[-1])], [float(one["value"].iloc[-1])], "x",
-                            color=colors[lab], markersize=6)
-            ax.set_title(f"{m} — {_group_name(g)}")
-            ax.set_xlabel("step")
-            if gi == 0 and mi == 0:
-                ax.legend(fontsize=7)
-    return FigureResult(name, title, caption, png=render_png(fig))
 
 
 # ------------------------------------------------------------------------------ label noise
@@ -356,7 +345,7 @@ def label_noise(col: Collected, summ: Summary, colors) -> FigureResult:
                 ax.errorbar(xs, ys, yerr=[lo, hi], fmt="-o", color=colors[lab], capsize=2,
                             elinewidth=0.8, label=lab)
         ax.set_xlabel("label noise (% of training pairs swapped)")
-        ax.set_ylabel(f"{display_name(ym)} ({ym})")
+        ax.set_ylabel(_axis_label(ym))
         ax.set_title(f"{model} / {', '.join(dict.fromkeys(ds for _, ds in pts))}")
         ax.legend(fontsize=7)
     for j in range(len(panels), rows * ncols):
@@ -421,7 +410,9 @@ def token_importance(col: Collected, colors) -> list[FigureResult]:
 
 # --------------------------------------------------------------------------------- all
 def build_figures(col: Collected, summ: Summary) -> list[FigureResult]:
-    """Every figure of the report, in reading order (skipped ones included, without image)."""
+    """Every figure of the report, in reading order. A figure whose data are missing comes
+    back without image, ``skipped`` saying why (the page leaves it out); one the suite did not
+    ask for (held-out curves without ``train.eval_every``) is not made at all."""
     from .profiles import profile_figure
 
     from .tuning import tuning_figures
@@ -430,7 +421,7 @@ def build_figures(col: Collected, summ: Summary) -> list[FigureResult]:
     try:
         figs = _figures(col, summ)
         with _style():
-            figs.append(profile_figure(col, summ, _colors(col.labels)))
+            figs.append(profile_figure(col, summ, method_colors(col)))
         figs += tuning_figures(col)
     finally:
         _SMOKE.reset(token)
@@ -441,22 +432,27 @@ def build_figures(col: Collected, summ: Summary) -> list[FigureResult]:
 
 
 def _figures(col: Collected, summ: Summary) -> list[FigureResult]:
+    from .curves import heldout_curves, training_panels
+
     with _style():
-        colors = _colors(col.labels)
+        colors = method_colors(col)
         figs = [
             _bars_figure("bars_accuracy", "Accuracy per method",
                          "Task and preference accuracy (percent), mean and 95% t-interval over "
-                         "seeds; bars grouped by model / data set when there are several.",
+                         "seeds; one panel per model / data set.",
                          ["task/accuracy", "pref/accuracy"], col, summ, colors),
-            accuracy_vs_cost(col, summ, colors),
+            heldout_curves(col, colors),
             reward_kl(col, summ, colors),
-            training_curves(col, summ, colors),
-            _bars_figure("diversity", "Diversity of samples",
+            accuracy_vs_cost(col, summ, colors),
+            training_panels(col, colors, "loss"),
+            training_panels(col, colors, "rewards/margins"),
+            _bars_figure("diversity", "Diversity per method",
                          "Self-BLEU (percent, lower = more diverse), Distinct-2/4 and token "
                          "entropy (higher = more diverse), mean and 95% t-interval over seeds.",
                          DIVERSITY, col, summ, colors),
             label_noise(col, summ, colors),
         ]
+        figs = [f for f in figs if f is not None]
         figs += token_importance(col, colors)
     from .token_text import token_text_figures  # the paper's Fig. 3 form (imports this module)
 

@@ -114,8 +114,36 @@ def _cell_text(s: dict, m: str, seeds: int) -> str:
     n = int(s.get("n", 0) or 0)
     if m == LC_KEY and n == 0 and int(s.get("collapsed", 0) or 0) > 0:
         return COLLAPSED
+    if m == KL_KEY:
+        return kl_text(s, seeds)
     return fmt_stat(s.get("mean", math.nan), s.get("ci_low", math.nan),
                     s.get("ci_high", math.nan), n, spec(m), seeds)
+
+
+KL_KEY = "kl/policy_ref"
+KL_NOTE = ("KL(policy || ref): mean with its 95% interval in brackets, cut at 0 (a KL is never negative): "
+           "over seeds, or with one seed over the sampled responses (item-level SE); a mean below 0 (the "
+           "plain Monte-Carlo estimate of results written before 2026-12, from few samples) shows as ≈0 "
+           "with the estimate beside it.")
+
+
+def kl_text(s: dict, seeds: int) -> str:
+    """A KL cell: never a bare number below 0, always with its interval when there is one."""
+    n, mean = int(s.get("n", 0) or 0), s.get("mean", math.nan)
+    if n == 0 or not math.isfinite(mean):
+        return MISSING
+    lo, hi, se = s.get("ci_low", math.nan), s.get("ci_high", math.nan), s.get("item_se", math.nan)
+    if not (n >= 2 and math.isfinite(lo) and math.isfinite(hi)) and math.isfinite(se):
+        lo, hi = mean - 1.96 * se, mean + 1.96 * se  # one seed: over the sampled responses
+    f = spec(KL_KEY)
+    if mean < 0 and float(fmt_num(-mean, f).replace(",", "")) == 0:
+        mean = 0.0  # below 0 only beyond the shown digits
+    text = fmt_num(mean, f) if mean >= 0 else "≈0"
+    if math.isfinite(lo) and math.isfinite(hi):
+        text += f" [{fmt_num(max(lo, 0.0), f)}, {fmt_num(max(hi, 0.0), f)}]"
+    if mean < 0:
+        text += f" (estimate {fmt_num(mean, f)})"
+    return text + (f" (n={n})" if n < seeds else "")
 
 
 STAT_COLUMNS = ["model", "dataset", "label", "metric", "column", "scale", "mean", "std", "ci_low",
@@ -388,7 +416,7 @@ def build_tables(col: Collected, summ: Summary) -> list[Table]:
                       M.by_family("displacement"),
                       ["Mean summed log-probability of held-out responses under the policy and "
                        "its change from the reference; both deltas negative = the chosen "
-                       "responses lost likelihood too. KL: Monte-Carlo estimate on samples."],
+                       "responses lost likelihood too.", KL_NOTE],
                       mark_best=False),
     ):
         if t is not None:

@@ -31,7 +31,7 @@ from harness import metrics as M
 
 from .collect import Collected, slug
 from .format import MISSING, Table, fmt_num
-from .plots import FigureResult, _colors, _panels, _style, render_png
+from .plots import FigureResult, _panels, _style, method_colors, render_png
 
 __all__ = ["tuning_tables", "tuning_figures", "onpolicy_table"]
 
@@ -276,7 +276,7 @@ def tuning_figures(col: Collected) -> list[FigureResult]:
         return []
     metric = _metric_of(col)
     with _style():
-        colors = _colors(col.labels + sorted(set(col.trials["entry"]) - set(col.labels)))
+        colors = method_colors(col, sorted(set(col.trials["entry"]) - set(col.labels)))
         figs = [sensitivity_figure(col, metric, colors)] if metric else []
         figs += frontier_figures(col, colors)
     return figs
