@@ -283,9 +283,9 @@ def _quiet_threads() -> None:
         hf_logging.disable_progress_bar()
     except Exception:
         pass
-    n = os.environ.get("HARNESS_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    if n and n.isdigit():
-        torch.set_num_threads(int(n))
+    from . import threads
+
+    threads.apply()  # the user's setting, else this process's share of the granted CPUs
 
 
 # ------------------------------------------------------------------------- SFT stage
