@@ -54,10 +54,12 @@ def test_what_run_writes_reads_back_exactly(written):
     for c in plan.cells:
         cfg = config.load_cell_config(suite_dir / c.cell_id)
         # keys written only when set (smoke, a tuned or on-policy cell's keys, a data set's
-        # dev split and pairs source) read back as their defaults
+        # dev split and pairs source, eval.backend) read back as their defaults
+        assert "backend" not in c.config["eval"]
         assert dataclasses.asdict(cfg) == {**c.config, "cell_id": c.cell_id, "sft_stage": c.sft_stage_id,
                                            "smoke": False, "tuning": None, "onpolicy": None, "onpolicy_stage": None,
-                                           "dataset": {**c.config["dataset"], "dev_size": 0, "pairs": "offline"}}
+                                           "dataset": {**c.config["dataset"], "dev_size": 0, "pairs": "offline"},
+                                           "eval": {**c.config["eval"], "backend": "hf"}}
         assert isinstance(cfg.train.steps, int) and isinstance(cfg.train.lr, float)
         assert cfg.trains == (c.method != "sft")
     for s in plan.sft_stages:

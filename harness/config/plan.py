@@ -155,7 +155,7 @@ class _Builder:
         s, base = loaded.suite, loaded.base_dir
         self.s, self.base = s, base
         self.sft_dict = asdict(s.sft) if s.sft.enabled else None
-        self.train, self.evl = asdict(s.train), asdict(s.eval)
+        self.train, self.evl = asdict(s.train), written(s.eval)  # eval.backend at hf: no id changes
         self.plugins = [_plugin_ref(p, base) for p in s.plugins]
         self.models = {m.name: (m, *_spec_dicts(m, base)) for m in s.models}
         self.datasets = {d.name: (d, *_spec_dicts(d, base)) for d in s.datasets}
