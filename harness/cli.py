@@ -134,7 +134,7 @@ def cmd_ls(args) -> int:
             print(TASKS.get(name).describe() + "\n")
     else:
         print("inline   run cells in this process, one after another (debugging, tests)")
-        print("local    submitit local executor, --workers parallel processes")
+        print("local    --workers long-lived worker processes on this machine, jobs from a queue")
         print("slurm    submitit SLURM job arrays; resources from a profile in slurm/")
     return 0
 

@@ -18,6 +18,8 @@ Each job:
 5. on SIGINT/SIGTERM or a full disk marks itself ``pending`` (interrupted, resumable); on any
    other exception marks itself ``failed`` with the reason (a numerical fault also records
    the step and the last finite metrics) and re-raises, so launchers see the failure.
+
+A cell's own work (set up, train, evaluate, cost, save) is :mod:`harness.cell`.
 """
 from __future__ import annotations
 
@@ -28,14 +30,18 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import torch
-
+from .cell import rank as _rank
+from .cell import report_drops as _report_drops
+from .cell import require_pairs as _require_pairs
+from .cell import run_cell as _run_cell
+from .cell import stage_data as _stage_data
+from .cell import plain_config as _plain
+from .cell import tiny_texts  # noqa: F401 - what a tiny model's tokenizer is built from (SFT and cells)
+from .cell import write_importance_examples as _write_importance_examples  # noqa: F401
 from .config.cell import build_method, load_cell_config, load_stage_config
 from .errors import UserError
-from .lifecycle import LockGuard, StageDamaged, plan_jobs, record_failure, stage_damaged, stage_problem, suite_lock, write_config
-from .schema import SFTSpec
+from .lifecycle import LockGuard, StageDamaged, plan_jobs, record_failure, stage_problem, suite_lock, write_config
 
 
 # --------------------------------------------------------------------------- folders
@@ -84,11 +90,6 @@ def materialize(plan, suite_dir: Path, suite_text: str | None = None, phase1=Non
 
 
 # ------------------------------------------------------------------------------ jobs
-def _rank() -> tuple[int, int]:
-    """(rank, world size) when started by a distributed launcher (accelerate launch, torchrun)."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def run_job(suite_dir: str, kind: str, job_id: str, retry_failed: bool = False,
             config: dict | None = None) -> dict:
     """Entry point of every launcher. ``kind`` is "sft", "onpolicy" (an on-policy sample
@@ -244,38 +245,6 @@ def _wait_for_stages(suite_dir: Path, folder: Path, deps: list[tuple[str, str]],
             time.sleep(poll_s)
 
 
-def _require_pairs(tdata, data, what: str, spec) -> None:
-    """Every example dropped by tokenization: say so with the data set and the lengths to
-    change, instead of an error from deep inside training."""
-    if len(tdata):
-        return
-    from .errors import DataError
-
-    raise DataError(f"data set {data.name!r} ({data.stats.get('source', 'embedded task')}): all "
-                    f"{tdata.stats.get('input', 0)} {what} were dropped by tokenization (no response "
-                    f"token fits in max_length {spec.max_length} after a prompt of up to "
-                    f"max_prompt_length {spec.max_prompt_length}); raise max_length or lower "
-                    f"max_prompt_length")
-
-
-def _report_drops(tdata, data, what: str, spec) -> None:
-    """One line on stderr when tokenization dropped examples (their prompt fills max_length):
-    the counts are in metrics.json / stage.json too, but a drop must not pass unseen."""
-    n = tdata.stats.get("dropped", 0)
-    if n:
-        print(f"data set {data.name!r}: tokenization dropped {n} of {tdata.stats.get('input', 0)} {what} "
-              f"(the prompt, cut to max_prompt_length {spec.max_prompt_length}, leaves no response token "
-              f"within max_length {spec.max_length})", file=sys.stderr, flush=True)
-
-
-def tiny_texts(data) -> list[str]:
-    """What a tiny model's tokenizer is built from: the rendered text of every prompt, chosen
-    and rejected response, train and held-out, and the SFT examples (harness.data.render)."""
-    from .data.render import plain_texts
-
-    return plain_texts(data.sft, data.train, data.heldout)
-
-
 def _quiet_threads() -> None:
     try:  # per-load progress bars drown the sweep's own progress
         from transformers.utils import logging as hf_logging
@@ -283,20 +252,12 @@ def _quiet_threads() -> None:
         hf_logging.disable_progress_bar()
     except Exception:
         pass
-    n = os.environ.get("HARNESS_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    if n and n.isdigit():
-        torch.set_num_threads(int(n))
+    from . import threads
+
+    threads.apply()  # the user's setting, else this process's share of the granted CPUs
 
 
 # ------------------------------------------------------------------------- SFT stage
-def _stage_data(cfg):
-    """The data set of a stage or cell config (its paths are absolute), with the SFT examples
-    its SFT settings name (the schema's default source when the suite has no SFT stage)."""
-    from .data.loading import load_dataset
-
-    return load_dataset(cfg.dataset, None, (cfg.sft or SFTSpec()).data)
-
-
 def _run_sft(suite_dir: Path, folder: Path, guard=None) -> dict:
     from .core.train import SFTObjective, train
     from .data.tokenize import tokenize
@@ -337,224 +298,6 @@ def _run_sft(suite_dir: Path, folder: Path, guard=None) -> dict:
     atomic_write_json(folder / "stage.json", info)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return info
-
-
-# ------------------------------------------------------------------------------ cell
-def _run_cell(suite_dir: Path, folder: Path, guard=None) -> dict:
-    import methods
-
-    from .core.features import Features
-    from .core.train import PreferenceObjective, peak_memory_mb, train
-    from .data.tokenize import tokenize
-    from .models import load_model, load_saved, param_count
-    from .results import atomic_write_json, env_info, read_status
-
-    cfg = load_cell_config(folder)
-    for p in cfg.plugins:
-        methods.load_plugin(p)
-    method = build_method(cfg, folder / "config.yaml")
-    if _rank()[0] == 0:
-        atomic_write_json(folder / "env.json", env_info())
-    mspec, tspec, espec, seed = cfg.model, cfg.train, cfg.eval, cfg.seed
-    from .data.onpolicy import training_examples
-
-    data = _stage_data(cfg).scored_on(cfg.split)  # a tuning trial is scored on the dev split
-    train_pairs, data_metrics = training_examples(cfg, data, suite_dir)
-    stage_dir = suite_dir / "_sft" / cfg.sft_stage if cfg.sft_stage else None
-    stage_info: dict = {}
-    if stage_dir is not None:
-        st = read_status(stage_dir)
-        if st["state"] != "done" or not (stage_dir / "model").is_dir():
-            raise RuntimeError(f"SFT stage {stage_dir.name} is {st['state']}"
-                               f"{' (' + str(st.get('reason')) + ')' if st.get('reason') else ''}; "
-                               f"see {stage_dir / 'error.txt'}")
-        stage_info = json.loads((stage_dir / "stage.json").read_text())
-
-        def init():
-            try:
-                return load_saved(stage_dir / "model")
-            except Exception as e:  # noqa: BLE001 - a damaged file: the stage is made again
-                raise StageDamaged(stage_damaged(stage_dir, f"{stage_dir / 'model'} cannot be loaded: "
-                                                            f"{type(e).__name__}: {e}")) from e
-    else:
-        texts = tiny_texts(data) if mspec.tiny else None
-
-        def init():
-            return load_model(mspec, alphabet=data.alphabet, texts=texts, seed=0)
-
-    if cfg.is_base and stage_dir is not None:  # the model before SFT, against the SFT reference
-        texts = [str(p) + r for p, r in data.sft] if mspec.tiny else None
-        policy, tok = load_model(mspec, alphabet=data.alphabet, texts=texts, seed=seed if cfg.sft.per_seed else 0)
-    else:
-        policy, tok = init()
-    if stage_dir is not None and not cfg.is_base:
-        # the SFT checkpoint is a plain merged model: re-apply this cell's memory settings
-        from .models import apply_lora, enable_gradient_checkpointing
-
-        if mspec.gradient_checkpointing:
-            enable_gradient_checkpointing(policy)
-        if mspec.lora is not None:
-            policy = apply_lora(policy, mspec)
-    train_res = trk = None
-    counters: dict = {}
-    t_train = 0.0
-    tdata = tokenize(train_pairs, tok, tspec.max_length, tspec.max_prompt_length, mspec.chat_template,
-                     cache_dir=suite_dir / "_cache")
-    if method is not None:  # None: the "sft" pseudo-method evaluates the SFT checkpoint as it is
-        _require_pairs(tdata, data, "training pairs", tspec)
-        _report_drops(tdata, data, "training pairs", tspec)
-        ref_loader = (lambda: init()[0]) if method.needs else None
-        features = Features(method, tdata, ref_loader=ref_loader,
-                            cache_dir=(suite_dir / "_cache") if tspec.reference_cache else None,
-                            device=torch.device("cuda" if torch.cuda.is_available() else "cpu"),
-                            pad_id=tok.pad_token_id, tokenizer=tok, counters=counters)
-        if stage_info.get("weights_fingerprint"):
-            features.ref_id = stage_info["weights_fingerprint"]
-        from .evaluate.curves import heldout_curve
-        from .trackers import for_run
-
-        trk = for_run(_plain(folder), folder, "cell") if _rank()[0] == 0 else None
-        curve = heldout_curve(lambda: init()[0], tok, data, espec, tspec, mspec.chat_template)
-        train_res = train(policy, tdata, PreferenceObjective(method, features), tspec, seed, folder,
-                          tokenizer=tok, desc=f"{cfg.method.label} s{seed}", on_step=guard, trackers=trk,
-                          evaluator=curve)
-        policy = train_res.model  # under FSDP: the gathered, unsharded model (core/sharded.py)
-        # the training steps' own time, summed over every process that ran them (resumes included)
-        t_train = train_res.wall_s
-    if _rank()[0] != 0:
-        return {}  # rank 0 evaluates and writes the results
-    metrics: dict[str, Any] = {
-        "cell_id": folder.name, "suite": cfg.suite, "model": mspec.name, "dataset": data.name,
-        "method": cfg.method.name, "label": cfg.method.label, "seed": seed, "hparams": cfg.method.hparams,
-        **({"split": cfg.split} if cfg.tuning else {}), **data_metrics,
-    }
-    if espec.enabled:
-        from .evaluate.policy import evaluate_policy
-
-        if guard is not None:
-            guard()  # evaluation writes samples.jsonl: only while the lock is still ours
-        ref_model = init()[0]
-        t0 = time.time()
-        # the base row differs from its reference when there is an SFT stage: compare them
-        metrics.update(evaluate_policy(policy, ref_model, tok, data, method, espec, folder, seed,
-                                       chat_template=mspec.chat_template, max_length=tspec.max_length,
-                                       max_prompt_length=tspec.max_prompt_length,
-                                       trained=method is not None or (cfg.is_base and stage_dir is not None),
-                                       cache_dir=suite_dir / "_cache", ref_id=stage_info.get("weights_fingerprint")))
-        metrics["cost/eval_wall_s"] = round(time.time() - t0, 3)
-    if method is not None and "token_weights" in method.needs:
-        _write_importance_examples(policy, init, tok, data, method, folder, tspec, mspec.chat_template)
-    n_params = param_count(policy)
-    metrics.update({
-        "cost/train_wall_s": round(t_train, 3),
-        "cost/sft_wall_s": stage_info.get("wall_s"),
-        "cost/train_tokens": train_res.tokens if train_res else 0,
-        "cost/tokens_per_s": round(train_res.tokens / t_train, 1) if train_res and t_train > 0 else None,
-        "cost/peak_mem_mb": round(peak_memory_mb(torch.device("cuda" if torch.cuda.is_available() else "cpu")), 1),
-        "cost/params": n_params,
-        "cost/flops": _flops(n_params, train_res, method, counters, tdata),
-        "cost/accelerator_hours": round(t_train * max(torch.cuda.device_count(), 0) / 3600, 6),
-        "cost/ref_forward_passes": counters.get("ref_forward", 0),
-        "cost/ref_cache_hit": counters.get("ref_cache_hit"),
-        "data/train_pairs": len(tdata), "data/tokenization": tdata.stats, "data/stats": data.stats,
-    })
-    if train_res is not None:
-        # a run resumed from its final checkpoint gets these from the log (train())
-        metrics["train/final_loss"] = train_res.last_metrics.get("loss")
-        metrics["train/resumed_from"] = train_res.resumed_from
-        from .core.train import log_means
-
-        metrics.update(log_means(folder / "train_log.jsonl", TRAIN_MEANS))
-        if train_res.damaged_checkpoints:
-            metrics["train/damaged_checkpoints"] = train_res.damaged_checkpoints
-    if guard is not None:
-        guard()
-    atomic_write_json(folder / "metrics.json", metrics)
-    if train_res is not None and trk is not None:
-        trk.finish(metrics)
-    if tspec.keep_model:
-        from .models import save_model
-        from .results.layout import share_like_other_files
-
-        save_model(policy.cpu(), tok, folder / "model")
-        share_like_other_files((folder / "model").glob("*.safetensors"))
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
-    return {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/" in k}}
-
-
-def _plain(folder: Path) -> dict:
-    """A job's config.yaml as plain data (what trackers record as the run's config)."""
-    import yaml
-
-    return yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}
-
-
-# Logged per-step values whose mean over the run goes into metrics.json as train/<key>:
-# TI-DPO's mean token weights and the weighted margin's scale against DPO's (methods/tidpo.py).
-TRAIN_MEANS = ("weights/chosen_mean", "weights/rejected_mean", "margin/scale")
-
-
-def _write_importance_examples(policy, init, tok, data, method, folder: Path, tspec, chat_template: bool,
-                               n: int = 4) -> None:
-    """token_importance.json: the weights TI-DPO gives the tokens of a few held-out pairs
-    (for the report's figures), from the same source model and settings the training used,
-    tokenized as the training was (the model's chat-template setting, the same truncation)."""
-    from methods.feature_specs import spec_for
-
-    from .core.features import prompt_specials, strip_specials
-    from .core.importance import token_weights
-    from .data.tokenize import tokenize
-    from .results import atomic_write_json
-
-    td = tokenize(data.heldout[:n], tok, tspec.max_length, tspec.max_prompt_length, chat_template)
-    if not len(td):
-        return
-    wspec, pspec = spec_for(method, "token_weights"), spec_for(method, "prompt")
-    prompts = td.prompts
-    if pspec.special_tokens == "drop":
-        specials = prompt_specials(tok)
-        prompts = [strip_specials(p, specials) for p in prompts]
-    src = init()[0] if wspec.source == "reference" else policy
-    dev = next(policy.parameters()).device
-    w = token_weights(src.to(dev), prompts + prompts, td.chosen + td.rejected, wspec, tok.pad_token_id, dev)
-    ex = []
-    for side, off, seqs in (("chosen", 0, td.chosen), ("rejected", len(td), td.rejected)):
-        for i, ids in enumerate(seqs):
-            ex.append({"pair": i, "side": side, "prompt": tok.decode(prompts[i]),
-                       "tokens": [tok.decode([t]) for t in ids],
-                       "weights": [round(float(x), 6) for x in w[off + i]]})
-    ex.sort(key=lambda e: (e["pair"], e["side"]))
-    atomic_write_json(folder / "token_importance.json", {"examples": ex, "source": wspec.source,
-                                                         "convention": wspec.convention})
-
-
-def _flops(n_params: int, res, method, counters: dict, tdata) -> float | None:
-    """6N per trained token (forward + backward), 2N per token of each extra forward
-    (reference passes, importance passes ~ forward + backward to the embeddings), 2N per
-    sampled anchor token."""
-    from methods.feature_specs import spec_for
-
-    if res is None:
-        return 0.0
-    f = 6.0 * n_params * res.tokens
-    needs = method.needs if method else frozenset()
-    policy_anchors = "anchor" in needs and spec_for(method, "anchor").source == "policy"
-    if "token_kl" in needs:
-        f += 2.0 * n_params * res.tokens
-    elif policy_anchors:
-        f += 2.0 * n_params * res.tokens / 3  # the reference runs over the anchor rows only
-    if "reference" in needs and counters.get("ref_cache_hit") == 0 and "token_kl" not in needs:
-        avg = sum(len(p) * 2 + len(c) + len(r) for p, c, r in zip(tdata.prompts, tdata.chosen, tdata.rejected))
-        f += 2.0 * n_params * avg
-    f += 2.0 * n_params * (counters.get("anchor_tokens", 0) + counters.get("ref_anchor_tokens", 0))
-    if "token_weights" in needs:
-        w = spec_for(method, "token_weights")
-        if w.scheme == "importance" and w.source == "policy":
-            # a separate pass is a forward + a backward to the embeddings; from the training
-            # forward, the backward alone (both over the chosen and rejected rows)
-            per = 2.0 if counters.get("importance_from_forward") else 4.0
-            f += per * n_params * res.tokens * 2 / 3
-    return f
 
 
 def main(argv: list[str] | None = None) -> int:

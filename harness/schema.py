@@ -353,6 +353,9 @@ class EvalSpec:
         False, "let lm-eval run model-written code (HumanEval); no sandbox: only in a disposable container")
     semantic_diversity: Literal["auto", "on", "off"] = f("auto", "MiniLM embedding diversity (auto: when installed)")
     batch_size: int = f(32, "evaluation batch size", POS)
+    backend: Literal["hf", "vllm"] = f(
+        "hf", "generation and lm-eval backend: hf (transformers, in memory) or vllm (GPU; needs the vllm "
+              "package; docs/metrics.md)", omit=True)
 
 
 # --------------------------------------------------------------------------- launcher

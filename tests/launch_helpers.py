@@ -76,3 +76,35 @@ def run_through(marker, seconds, value):
         fh.write(str(os.getpid()))
     time.sleep(seconds)
     return value
+
+
+def thread_count():
+    """The thread count a job's torch runs with in this process (as ``run_job`` sets it)."""
+    import torch
+
+    from harness import threads
+
+    threads.apply()
+    return torch.get_num_threads()
+
+
+_HOARD: list = []
+
+
+def hoard(mb):
+    """Keeps ``mb`` MB alive in this process after the call returns (a job that leaks), and
+    returns the pid."""
+    _HOARD.append(bytearray(int(mb) << 20))
+    for i in range(0, len(_HOARD[-1]), 4096):   # touch every page, so it is resident
+        _HOARD[-1][i] = 1
+    return os.getpid()
+
+
+def exit_hard(code):
+    """Ends the process at once, no exception and no cleanup (a library calling os._exit)."""
+    os._exit(code)
+
+
+def pid_after(sleep_s=0.0):
+    time.sleep(sleep_s)
+    return os.getpid()

@@ -75,9 +75,9 @@ def install_kill(point: str) -> None:
 
         core.train = train
     elif point == "eval":
-        import harness.evaluate.policy as policy
+        import harness.evaluate.generation as generation
 
-        real_generate = policy.generate
+        real_generate = generation.generate
         calls = {"n": 0}
 
         def generate(*a, **kw):
@@ -86,7 +86,7 @@ def install_kill(point: str) -> None:
                 _die()
             return real_generate(*a, **kw)
 
-        policy.generate = generate
+        generation.generate = generate
     elif point == "write:metrics":
         import harness.results.atomic as results
 

@@ -55,8 +55,9 @@ def test_what_run_writes_reads_back_exactly(written):
     for c in plan.cells:
         cfg = config.load_cell_config(suite_dir / c.cell_id)
         # as written: keys added later (smoke, epochs, a tuned or on-policy cell's keys, a data
-        # set's dev split and pairs source) are written only when set
+        # set's dev split and pairs source, eval.backend) are written only when set
         assert as_config(cfg) == {**c.config, "cell_id": c.cell_id, "sft_stage": c.sft_stage_id}
+        assert "backend" not in c.config["eval"] and cfg.eval.backend == "hf"
         assert cfg.smoke is False and cfg.train.epochs is None  # unwritten keys read back as defaults
         assert cfg.tuning is None and cfg.onpolicy is None and cfg.onpolicy_stage is None
         assert cfg.dataset.dev_size == 0 and cfg.dataset.pairs == "offline"

@@ -571,10 +571,10 @@ def test_max_grad_norm_null_per_method_is_accepted(tmp_path):
     assert plan.cells[0].config["train"]["max_grad_norm"] is None
 
 
-def test_local_launcher_prunes_the_submitit_files_of_finished_jobs(tmp_path, base):
+def test_local_launcher_prunes_the_log_files_of_finished_jobs(tmp_path, base):
     cell = copy_of(base, tmp_path / "r")
     (cell / "metrics.json").unlink()
     rc, out, err = cli("run", CRASH, "--results", tmp_path / "r", "--no-report", "--launcher", "local")
     assert rc == 0, err
-    assert list((tmp_path / "r" / "crash" / "_launch" / "submitit").iterdir()) == []
+    assert list((tmp_path / "r" / "crash" / "_launch" / "local").iterdir()) == []
     same_result(cell, base)

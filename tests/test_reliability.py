@@ -668,7 +668,10 @@ UNPICKLERS = {("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), 
 # The SLURM launcher's own hand-off files for multi-GPU jobs (harness/launch/slurm.py): the
 # call it pickles for the accelerate processes it starts, and the result rank 0 pickles back,
 # deleted before each job starts. Launcher plumbing of this run, never a result or a checkpoint.
-ALLOWED = {("harness/launch/slurm.py", "pickle.load"), ("harness/launch/slurm.py", "cloudpickle.loads")}
+# The local launcher's messages to and from its own worker processes (harness/launch/worker.py):
+# a socket pair between the launcher and the child it started, never a file.
+ALLOWED = {("harness/launch/slurm.py", "pickle.load"), ("harness/launch/slurm.py", "cloudpickle.loads"),
+           ("harness/launch/worker.py", "pickle.loads")}
 
 
 def _unsafe_loads(source: str, rel: str) -> list[str]:

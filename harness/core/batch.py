@@ -113,19 +113,28 @@ def selected_logits(logits: torch.Tensor, rows: Rows) -> torch.Tensor:
     return logits.gather(1, idx)
 
 
+def by_length(lengths: list[int]) -> list[int]:
+    """Indices ordered longest first (ties in input order): batches of similar lengths carry
+    little padding, and the largest batch comes first, so running out of memory shows at once."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
 def sequence_logps(model, prompts, responses, pad_id: int, batch_size: int, device,
                    holes: list[list[bool]] | None = None) -> list[torch.Tensor]:
     """Per-token log-probs of each response (no grad), in input order, as CPU float32 tensors
-    (with ``holes``: of its scored tokens only, see ``collate``)."""
-    out: list[torch.Tensor] = []
+    (with ``holes``: of its scored tokens only, see ``collate``). Rows are batched by length
+    (``by_length``); each row's values do not depend on its batch beyond float rounding."""
+    out: list[torch.Tensor | None] = [None] * len(prompts)
+    order = by_length([len(p) + len(r) for p, r in zip(prompts, responses)])
     with torch.no_grad():
-        for s in range(0, len(prompts), batch_size):
-            h = holes[s: s + batch_size] if holes is not None else None
-            rows = collate(prompts[s: s + batch_size], responses[s: s + batch_size], pad_id, h).to(device)
+        for s in range(0, len(order), batch_size):
+            part = order[s: s + batch_size]
+            h = [holes[i] for i in part] if holes is not None else None
+            rows = collate([prompts[i] for i in part], [responses[i] for i in part], pad_id, h).to(device)
             lp = gather_logps(response_logits(model, rows), rows).cpu()
             mask = rows.resp_mask.cpu()
-            for i in range(len(lp)):
-                out.append(lp[i][mask[i] > 0].clone())
+            for k, i in enumerate(part):
+                out[i] = lp[k][mask[k] > 0].clone()
     return out
 
 

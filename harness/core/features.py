@@ -6,17 +6,20 @@ from ``feature_settings()`` (``methods.feature_specs``: ``TokenWeightSpec``, ``A
 
 * ``reference``: per-token log-probs of the frozen reference. Unless the method needs the
   reference's full distribution every step (``token_kl``), they are computed once for the
-  whole training set and cached on disk under a key of (data + tokenization fingerprint,
-  reference weights fingerprint, prompt spec), so every method and seed of a suite — and
-  every rerun — shares one reference pass.
+  examples the run's steps use (``indices``; all by default) and cached on disk under a key of
+  (data + tokenization fingerprint, reference weights fingerprint, prompt spec), so every
+  method and seed of a suite — and every rerun — shares one reference pass; a run that uses
+  examples the cache lacks computes only those and adds them to it. Given up front
+  (``ref_logps``, as evaluation does with the held-out pairs' log-probs it has), they are used
+  as they are.
 * ``token_kl``: KL(pi_ref(.|prefix) || pi_theta(.|prefix)) over the full vocabulary at each
   response position (a reference forward every step over chosen and rejected), computed
   row by row so that no more than one [rows, T, V] float32 temporary exists at a time.
 * ``token_weights``: TI-DPO's gradient-attribution weights (``importance.py``). From the
   policy: recomputed every step, taken from the training forward itself when that gives the
   same numbers (``attribution_in_forward``), else from a separate attribution pass before
-  it. From the reference: computed once per example and cached, under a key holding the
-  whole ``TokenWeightSpec`` and ``PromptSpec``.
+  it. From the reference: computed once per example the run uses and cached (as the
+  reference log-probs are), under a key holding the whole ``TokenWeightSpec`` and ``PromptSpec``.
 * ``anchor``: a response per prompt (``anchors.py``). ``AnchorSpec.source="policy"``: sampled
   from the current policy every step; its policy log-probs come from the same forward as
   chosen/rejected, its reference log-probs from a reference forward over the anchor rows
@@ -35,17 +38,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 from pathlib import Path
+from typing import Sequence
 
-import numpy as np
 import torch
 
 from methods.feature_specs import spec_for
 
 from .batch import (Rows, collate, compact, gather_logps, pad_stack, response_logits, selected_logits,
                     sequence_logps)
+from .cache import indexed_load, indexed_save, ragged_load, ragged_save
 
 ANCHOR_SEED = 0  # reference anchors: one fixed seed, so every cell sharing the reference shares them
 
@@ -86,43 +89,6 @@ def token_kl(policy_sel: torch.Tensor, ref_sel: torch.Tensor, mask: torch.Tensor
         lr = torch.log_softmax(ref_sel[i].detach().float(), dim=-1)
         out.append((lr.exp() * (lr - lp)).sum(-1))
     return torch.stack(out) * mask
-
-
-def _npz_bytes(arrays: dict) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def _ragged_save(path: Path, seqs: dict[str, list[torch.Tensor]], meta: dict) -> None:
-    """Ragged lists of 1-D tensors; floats are stored as float32, integers as int64."""
-    from ..results import atomic_write_bytes
-
-    arrays = {}
-    for name, lst in seqs.items():
-        ints = bool(lst) and not torch.is_floating_point(lst[0])
-        dtype = np.int64 if ints else np.float32
-        arrays[f"{name}_lens"] = np.array([len(s) for s in lst], dtype=np.int64)
-        arrays[f"{name}_flat"] = torch.cat(lst).numpy().astype(dtype) if lst else np.zeros(0, dtype)
-    arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, _npz_bytes(arrays))
-
-
-def _ragged_load(path: Path, names: tuple[str, ...], meta: dict) -> dict[str, list[torch.Tensor]] | None:
-    if not path.is_file():
-        return None
-    try:
-        z = np.load(path, allow_pickle=False)
-        if json.loads(bytes(z["meta"]).decode()) != json.loads(json.dumps(meta, sort_keys=True)):
-            return None  # key collision or stale entry: never reuse
-        out = {}
-        for name in names:
-            lens, flat = z[f"{name}_lens"], torch.from_numpy(z[f"{name}_flat"].copy())
-            out[name] = list(torch.split(flat, lens.tolist()))
-        return out
-    except Exception:
-        return None
 
 
 def cache_key(*parts: str) -> str:
@@ -189,8 +155,14 @@ class Features:
     """Fills the TokenBatch fields a method needs. One instance per training run."""
 
     def __init__(self, method, data, *, ref_model=None, ref_loader=None, cache_dir: Path | None,
-                 device, pad_id: int, tokenizer=None, counters: dict | None = None, ref_batch_size: int = 32):
+                 device, pad_id: int, tokenizer=None, counters: dict | None = None, ref_batch_size: int = 32,
+                 indices: Sequence[int] | None = None, ref_logps: dict | None = None, ref_id: str | None = None):
         self.method = method
+        # the reference's fingerprint when known up front (the SFT stage records it): a warm
+        # cache then needs no reference model, nor hashing its weights
+        self.ref_id = ref_id
+        # the examples training will read (``train.used_indices``): per-example caches cover these
+        self.indices = sorted(set(indices)) if indices is not None else list(range(len(data.prompts)))
         self.needs = method.needs
         self.data = data
         self.device = device
@@ -212,7 +184,7 @@ class Features:
         self._ref_fp: str | None = None
         self.ref_logps = self.ref_weights = self.ref_anchors = None
         if "reference" in self.needs and "token_kl" not in self.needs:
-            self.ref_logps = self._cached_reference_logps()
+            self.ref_logps = ref_logps if ref_logps is not None else self._cached_reference_logps()
         if self.wspec is not None and self.wspec.source == "reference":
             self.ref_weights = self._cached_reference_weights()
         if self.aspec is not None and self.aspec.source == "reference":
@@ -239,15 +211,13 @@ class Features:
         return self._ref_fp
 
     def _cache_path(self, kind: str, extra: str = "") -> tuple[Path | None, dict]:
-        meta = {"kind": kind, "data": self.data.fingerprint, "ref": self._ref_id(), "extra": extra, "v": 2}
+        meta = {"kind": kind, "data": self.data.fingerprint, "ref": self._ref_id(), "extra": extra, "v": 3}
         if self.cache_dir is None:
             return None, meta
         return self.cache_dir / f"{kind}-{cache_key(json.dumps(meta, sort_keys=True))}.npz", meta
 
     def _ref_id(self) -> str:
-        # Callers may supply the fingerprint up front (e.g. the SFT stage records it), so a
-        # warm cache needs no reference model at all.
-        return getattr(self, "ref_id", None) or self.ref_fingerprint()
+        return self.ref_id or self.ref_fingerprint()
 
     def spec_key(self, *specs) -> str:
         """Cache key part of whole specs: every field of each (``_Spec.cache_key``)."""
@@ -260,48 +230,58 @@ class Features:
         return [strip_specials(p, self._specials) for p in prompts]
 
     def _cached_reference_logps(self):
+        """``{"chosen": {i: logps}, "rejected": {i: logps}}`` for the examples of ``indices``."""
         path, meta = self._cache_path("ref-logps", self.spec_key(self.pspec))
-        got = _ragged_load(path, ("chosen", "rejected"), meta) if path else None
-        if got is not None:
-            self.counters["ref_cache_hit"] = 1
-            return got
-        self.counters["ref_cache_hit"] = 0
-        ref = self.ref()
-        d = self.data
-        ps = self.prompts_of(d.prompts)
-        out = {
-            "chosen": sequence_logps(ref, ps, d.chosen, self.pad_id, self.ref_batch_size, self.device),
-            "rejected": sequence_logps(ref, ps, d.rejected, self.pad_id, self.ref_batch_size, self.device),
-        }
-        if path:
-            _ragged_save(path, out, meta)
-        return out
+
+        def compute(idx):
+            d, ref = self.data, self.ref()
+            ps = self.prompts_of([d.prompts[i] for i in idx])
+            chosen, rejected = [d.chosen[i] for i in idx], [d.rejected[i] for i in idx]
+            self.count("ref_pass_tokens", sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(ps, chosen, rejected)))
+            return {"chosen": sequence_logps(ref, ps, chosen, self.pad_id, self.ref_batch_size, self.device),
+                    "rejected": sequence_logps(ref, ps, rejected, self.pad_id, self.ref_batch_size, self.device)}
+
+        got, missing = self._indexed(path, meta, compute)
+        self.counters["ref_cache_hit"] = int(not missing)
+        return got
+
+    def _indexed(self, path, meta, compute) -> tuple[dict, list[int]]:
+        """Per-example values for ``self.indices``: what the cache at ``path`` holds, plus
+        ``compute(missing indices)`` (``{name: [tensor per index]}``) added to it."""
+        have = indexed_load(path, ("chosen", "rejected"), meta)
+        missing = [i for i in self.indices if i not in have["chosen"]]
+        if missing:
+            new = compute(missing)
+            for name in have:
+                have[name].update(zip(missing, new[name]))
+            if path:
+                indexed_save(path, have, meta)
+        return {name: {i: have[name][i] for i in self.indices} for name in have}, missing
 
     def _cached_reference_weights(self):
-        """Reference-model weights of every example, before the fallbacks (applied per
-        training batch in ``weights``); keyed by the whole weight and prompt specs."""
+        """Reference-model weights of the examples of ``indices``, before the fallbacks (applied
+        per training batch in ``weights``); keyed by the whole weight and prompt specs."""
         from .importance import token_weights
 
         path, meta = self._cache_path("ref-weights", self.spec_key(self.wspec, self.pspec))
-        got = _ragged_load(path, ("chosen", "rejected"), meta) if path else None
-        if got is not None:
-            return got
-        # "uniform" needs no model; "random" draws are frozen into the cache (documented)
-        model = self.ref().model if self.wspec.scheme == "importance" else None
-        d, bs = self.data, self.ref_batch_size
-        ps_all = self.prompts_of(d.prompts)
-        out = {side: [] for side in ("chosen", "rejected")}
-        for s in range(0, len(d.prompts), bs):
-            ps = ps_all[s: s + bs]
-            w = token_weights(model, ps + ps, d.chosen[s: s + bs] + d.rejected[s: s + bs], self.wspec,
-                              self.pad_id, self.device, fallback=False)
-            if model is not None:
-                self.count("ref_attribution_passes")
-            out["chosen"].extend(x.cpu() for x in w[: len(ps)])
-            out["rejected"].extend(x.cpu() for x in w[len(ps):])
-        if path:
-            _ragged_save(path, out, meta)
-        return out
+
+        def compute(idx):
+            # "uniform" needs no model; "random" draws are frozen into the cache (documented)
+            model = self.ref().model if self.wspec.scheme == "importance" else None
+            d, bs = self.data, self.ref_batch_size
+            out = {side: [] for side in ("chosen", "rejected")}
+            for s in range(0, len(idx), bs):
+                part = idx[s: s + bs]
+                ps = self.prompts_of([d.prompts[i] for i in part])
+                w = token_weights(model, ps + ps, [d.chosen[i] for i in part] + [d.rejected[i] for i in part],
+                                  self.wspec, self.pad_id, self.device, fallback=False)
+                if model is not None:
+                    self.count("ref_attribution_passes")
+                out["chosen"].extend(x.cpu() for x in w[: len(ps)])
+                out["rejected"].extend(x.cpu() for x in w[len(ps):])
+            return out
+
+        return self._indexed(path, meta, compute)[0]
 
     def _cached_reference_anchors(self):
         """One anchor per training example sampled from the reference (seed ``ANCHOR_SEED``,
@@ -311,7 +291,7 @@ class Features:
 
         extra = json.dumps([self.spec_key(self.aspec, self.pspec), ANCHOR_SEED, self.ref_batch_size])
         path, meta = self._cache_path("ref-anchors", extra)
-        got = _ragged_load(path, ("anchor", "ref_logps"), meta) if path else None
+        got = ragged_load(path, ("anchor", "ref_logps"), meta) if path else None
         if got is not None:
             return {"anchor": [t.tolist() for t in got["anchor"]], "ref_logps": got["ref_logps"]}
         ref, bs = self.ref(), self.ref_batch_size
@@ -326,7 +306,7 @@ class Features:
         logps = sequence_logps(ref, prompts, anchors, self.pad_id, bs, self.device, self.anchor_holes(anchors))
         self.counters["ref_anchor_tokens"] = sum(map(len, anchors))
         if path:
-            _ragged_save(path, {"anchor": [torch.tensor(a, dtype=torch.long) for a in anchors],
+            ragged_save(path, {"anchor": [torch.tensor(a, dtype=torch.long) for a in anchors],
                                 "ref_logps": logps}, meta)
         return {"anchor": anchors, "ref_logps": logps}
 

@@ -181,6 +181,15 @@ def step_indices(n: int, step: int, eff_batch: int, seed: int) -> list[int]:
     return out
 
 
+def used_indices(n: int, steps: int, eff_batch: int, seed: int) -> list[int]:
+    """Every example ``steps`` optimizer steps of ``step_indices`` read, sorted: the first
+    ``steps * eff_batch`` of epoch 0's permutation, or all ``n`` once a run reaches epoch 1."""
+    total = steps * eff_batch
+    if total >= n:
+        return list(range(n))
+    return sorted(int(i) for i in np.random.default_rng([seed, 0]).permutation(n)[:total])
+
+
 def make_optimizer(model, cfg: TrainSpec):
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "rmsprop":

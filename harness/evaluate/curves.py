@@ -35,10 +35,13 @@ class HeldoutCurve:
 
     def _reference(self, device) -> tuple:
         if self._ref is None:
-            ref = self._ref_loader().to(device).eval()
+            ref = self._ref_loader()
+            home = next(ref.parameters()).device  # a shared reference goes back where it was
+            ref = ref.to(device).eval()
             td = self.td
             self._ref = (sequence_logps(ref, td.prompts, td.chosen, self.pad, self.bs, device),
                          sequence_logps(ref, td.prompts, td.rejected, self.pad, self.bs, device))
+            ref.to(home)
             del ref
         return self._ref
 

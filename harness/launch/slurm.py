@@ -174,10 +174,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _job_folder() -> tuple[Path, str, Any]:
+    """(folder for the hand-off files, job id, submitit's JobEnvironment or None): a submitit
+    job's own folder; outside one (the local launcher's workers) a folder of this process."""
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:
+        import tempfile
+
+        return Path(tempfile.mkdtemp(prefix="harness-accelerate-")), f"local-{os.getpid()}", None
+    return Path(env.paths.folder), str(env.job_id), env
+
+
 def _run_under_accelerate(call: JobCall) -> Any:
-    env = submitit.JobEnvironment()
+    folder, job_id, env = _job_folder()
     spec = call.accelerate
-    base = Path(env.paths.folder) / f"{env.job_id}_accelerate"
+    if env is None and spec.nodes > 1:
+        raise RuntimeError("a multi-node accelerate launch needs a SLURM job (launcher.type: slurm)")
+    base = folder / f"{job_id}_accelerate"
     call_file, result_file = base.with_suffix(".call.pkl"), base.with_suffix(".result.pkl")
     error_file = base.with_suffix(".error.txt")
     for p in (result_file, error_file):
@@ -186,7 +200,7 @@ def _run_under_accelerate(call: JobCall) -> Any:
 
     call_file.write_bytes(cloudpickle.dumps((call.fn, call.args, call.kwargs, str(result_file))))
     if spec.nodes > 1:
-        rank, ip, port = env.node, env.hostnames[0], job_port(str(env.job_id))
+        rank, ip, port = env.node, env.hostnames[0], job_port(job_id)
     else:
         rank, ip, port = 0, None, free_port()
     cmd = accelerate_command(call_file, spec, machine_rank=rank, main_process_ip=ip,
