@@ -102,6 +102,8 @@ def _tiny_quickstart(folder: Path) -> Path:
     s["datasets"] = s["datasets"][:1]
     s["datasets"][0]["task_args"].update(n_sft=64, n_pairs=64, n_heldout=16)
     s["datasets"][0]["heldout_size"] = 16
+    s["datasets"][0].pop("dev_size", None)
+    s.pop("tuning", None)  # one cell per row here: this tour is about where the CLI runs from
     s["methods"] = [{"name": "sft", "label": "SFT"}, {"name": "dpo", "label": "DPO"},
                     {"name": "hinge-here", "label": "Hinge"}]
     s["plugins"] = ["my_plugin.py"]

@@ -192,7 +192,9 @@ def test_the_last_attempt_runs_on_to_its_time_limit(tmp_path, monkeypatch):
 def test_a_rerun_after_the_driver_died_watches_the_running_jobs_instead_of_resubmitting(tmp_path):
     suite = suite_file(tmp_path, seeds=[0, 1], train={"steps": 20, "checkpoint_every": 5})
     results, marker = tmp_path / "r", tmp_path / "training"
-    proc = start(suite, results, (f"mark:train:2:{marker}", "slow:train:0.3"))
+    # slow enough (20 steps x 1 s) that the jobs are still running when the second driver has
+    # started and looked, even on a loaded machine (at 0.3 s they could all end first)
+    proc = start(suite, results, (f"mark:train:2:{marker}", "slow:train:1.0"))
     try:
         wait_for(marker, proc)
         os.kill(proc.pid, signal.SIGKILL)      # the driver dies; its jobs go on
