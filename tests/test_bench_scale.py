@@ -26,15 +26,15 @@ def test_quick_run_prints_every_row():
     assert "load average" in p.stdout
     rows = {}
     for line in p.stdout.splitlines():
-        m = re.match(r"(.+?)\s{2,}(\d+\.\d+)\s{2,}(\S+(?: \d+)?)\s{2,}(.+)$", line)
+        m = re.match(r"(.+?)\s{2,}(\d+\.\d+)\s{2,}(\d+\.\d+)\s{2,}(\S+(?: \d+)?)\s{2,}(.+)$", line)
         if m:
-            rows[m.group(1)] = (float(m.group(2)), m.group(3), m.group(4))
+            rows[m.group(1)] = (float(m.group(2)), m.group(4), m.group(5), float(m.group(3)))
     # --quick: 2 data sets x 4 methods x 1 beta x 5 seeds; 2 x 4 x 1 x 2 for the report
     assert set(rows) == {"validate (40 cells, CLI)", "run --dry-run (40 cells, CLI)",
                          "plan in-process (40 cells)", "write 16 synthetic cells",
                          "report (16 cells, CLI)"}
-    for step, (wall, goal, result) in rows.items():
-        assert wall > 0, step
+    for step, (wall, goal, result, cpu) in rows.items():
+        assert wall > 0 and cpu >= 0, step
         assert (result in ("met", "NOT met")) if goal != "-" else result == "-", step
     assert rows["validate (40 cells, CLI)"][1] == "< 10"
     assert rows["report (16 cells, CLI)"][1] == "< 60"
