@@ -43,7 +43,7 @@ import pandas as pd
 from harness import paths
 from harness.errors import UserError
 from harness.results import CorruptFileError, list_cells, read_json, read_jsonl, read_yaml
-from harness.results.layout import read_plan
+from harness.results.layout import has_cells, read_plan
 from harness.schema import BASE_METHOD, SFT_METHOD
 
 __all__ = ["Collected", "collect", "find_suites", "resolve_baseline", "read_reported",
@@ -104,12 +104,12 @@ class Collected:
 def find_suites(root: Path) -> list[Path]:
     """``root`` itself when it holds cells, else its subfolders that do (sorted by name)."""
     root = Path(root)
-    if list_cells(root):
+    if has_cells(root):
         return [root]
     if not root.is_dir():
         return []
     return [d for d in sorted(root.iterdir(), key=lambda p: p.name)
-            if d.is_dir() and not d.name.startswith((".", "_")) and list_cells(d)]
+            if d.is_dir() and not d.name.startswith((".", "_")) and has_cells(d)]
 
 
 def _num(v: Any) -> float | None:

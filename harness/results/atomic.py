@@ -227,9 +227,13 @@ def read_json(path: str | os.PathLike, default: Any = _MISSING) -> Any:
             f"its cell directory) and rerun the cell to regenerate it.") from None
 
 
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml(path: str | os.PathLike, default: Any = _MISSING) -> Any:
-    """Parse the YAML file at ``path`` with ``yaml.safe_load``; same missing/corrupt rules as
-    :func:`read_json`."""
+    """Parse the YAML file at ``path`` as ``yaml.safe_load`` does (with libyaml's C parser when
+    PyYAML has it: the same safe constructors and resolver, about 10x faster, which a report
+    over thousands of cells needs); same missing/corrupt rules as :func:`read_json`."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -240,7 +244,7 @@ def read_yaml(path: str | os.PathLike, default: Any = _MISSING) -> Any:
     except UnicodeDecodeError as e:
         raise CorruptFileError(f"{path}: not UTF-8 text ({e}); delete it and rerun.") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as e:
         raise CorruptFileError(f"{path}: not valid YAML ({e}); delete it and rerun.") from None
 

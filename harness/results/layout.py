@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.results.atomic import CorruptFileError, atomic_write_json, read_json, read_yaml
@@ -67,6 +68,25 @@ def dir_size_bytes(path: str | os.PathLike) -> int:
     return total
 
 
+def _cell_dirs(results_suite_dir: str | os.PathLike) -> Iterator[Path]:
+    """The cell directories of ``results/<suite>/`` in cell-id order (the folders that
+    :func:`list_cells` lists), without reading their files."""
+    root = Path(results_suite_dir)
+    if not root.is_dir():
+        return
+    for d in sorted(root.iterdir(), key=lambda p: p.name):
+        if d.name.startswith(("_", ".")) or d.name.endswith(".tmp") or not d.is_dir():
+            continue
+        if any((d / f).exists() for f in (STATUS_FILE, CONFIG_FILE, METRICS_FILE)):
+            yield d
+
+
+def has_cells(results_suite_dir: str | os.PathLike) -> bool:
+    """Whether ``results/<suite>/`` holds at least one cell: ``bool(list_cells(...))`` without
+    reading every cell's files (it stops at the first)."""
+    return next(_cell_dirs(results_suite_dir), None) is not None
+
+
 def list_cells(results_suite_dir: str | os.PathLike,
                stale_after: float = DEFAULT_STALE_AFTER) -> list[dict]:
     """One dict per cell directory of ``results/<suite>/``, sorted by cell id.
@@ -79,15 +99,8 @@ def list_cells(results_suite_dir: str | os.PathLike,
     missing or stale was interrupted), and ``error`` (why a file could not be read, or None;
     such a cell gets ``state`` ``"unreadable"``). A missing directory gives ``[]``.
     """
-    root = Path(results_suite_dir)
-    if not root.is_dir():
-        return []
     cells = []
-    for d in sorted(root.iterdir(), key=lambda p: p.name):
-        if d.name.startswith(("_", ".")) or d.name.endswith(".tmp") or not d.is_dir():
-            continue
-        if not any((d / f).exists() for f in (STATUS_FILE, CONFIG_FILE, METRICS_FILE)):
-            continue
+    for d in _cell_dirs(results_suite_dir):
         entry: dict = {"cell_id": d.name, "dir": str(d), "error": None,
                        "has_metrics": (d / METRICS_FILE).is_file()}
         errors = []
