@@ -23,6 +23,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
 h3 { margin-top: 1.5em; }
 table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+div.scroll { overflow-x: auto; max-width: 100%; }  /* a wide table scrolls inside the page */
 th, td { padding: 0.25em 0.6em; border-bottom: 1px solid #ddd; vertical-align: top; }
 thead th { border-bottom: 2px solid #555; text-align: left; }
 td.num, th.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
@@ -102,7 +103,7 @@ def _note_html(note: str) -> str:
 
 
 def _table_html(t: Table) -> str:
-    out = [f'<h3 id="{escape("t-" + t.name)}">{escape(t.title)}</h3>', "<table>", "<thead><tr>"]
+    out = [f'<h3 id="{escape("t-" + t.name)}">{escape(t.title)}</h3>', "<div class=\"scroll\"><table>", "<thead><tr>"]
     num = ' class="num"'
     out += [f'<th{"" if j < t.n_label_cols else num}>{escape(c)}</th>'
             for j, c in enumerate(t.columns)]
@@ -117,7 +118,7 @@ def _table_html(t: Table) -> str:
             cls = "" if j < t.n_label_cols else ' class="num"'
             cells.append(f"<td{cls}>{text}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     if not t.rows:
         out.append("<p>(no rows)</p>")
     if t.notes:
