@@ -227,7 +227,7 @@ def read_json(path: str | os.PathLike, default: Any = _MISSING) -> Any:
             f"its cell directory) and rerun the cell to regenerate it.") from None
 
 
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def read_yaml(path: str | os.PathLike, default: Any = _MISSING) -> Any:
@@ -244,7 +244,7 @@ def read_yaml(path: str | os.PathLike, default: Any = _MISSING) -> Any:
     except UnicodeDecodeError as e:
         raise CorruptFileError(f"{path}: not UTF-8 text ({e}); delete it and rerun.") from None
     try:
-        return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
+        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as e:
         raise CorruptFileError(f"{path}: not valid YAML ({e}); delete it and rerun.") from None
 
