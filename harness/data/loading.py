@@ -70,16 +70,11 @@ def load_dataset(spec: DatasetSpec, base_dir: Path | None = None, sft_source: st
                     **({"dev": len(dev)} if spec.dev_size else {})}, dev)
 
 
-def prompt_key(prompt) -> str:
-    """A prompt (text or message list) as a comparable key (the one real-data loading groups by)."""
-    from .realdata import prompt_key as key
-
-    return key(prompt)
-
-
 def split_dev(pool: list[PreferencePair], test_size: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """(test, dev) from a held-out pool: whole prompt groups, in pool order, to test until it
     holds ``test_size`` pairs; every later group to dev. No prompt is in both."""
+    from .realdata import prompt_key  # the key real-data loading groups prompts by
+
     groups: dict[str, list[PreferencePair]] = {}
     for p in pool:
         groups.setdefault(prompt_key(p.prompt), []).append(p)

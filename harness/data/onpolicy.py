@@ -161,7 +161,7 @@ def training_examples(cfg, data, suite_dir: Path) -> tuple[list[PreferencePair],
 # ------------------------------------------------------------------------------ stage
 def sample_prompts(train: list[PreferencePair], limit: int | None) -> list[tuple[int, PreferencePair]]:
     """(index, pair) of the first training pair of each distinct prompt, at most ``limit``."""
-    from .loading import prompt_key
+    from .realdata import prompt_key
 
     seen, out = set(), []
     for i, p in enumerate(train):
