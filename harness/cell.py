@@ -234,7 +234,8 @@ def train_policy(cell: Cell) -> None:
     """Features from ``method.needs`` (reference log-probs only for the pairs the steps use),
     then the training loop; nothing for the ``sft`` row."""
     from .core.features import Features
-    from .core.train import PreferenceObjective, train, used_indices
+    from .core.train import PreferenceObjective, resolve_schedule, train, used_indices
+    from .results.progress import steps_stage
 
     method, t, tok = cell.method, cell.cfg.train, cell.tok
     if method is None:
@@ -253,9 +254,10 @@ def train_policy(cell: Cell) -> None:
 
     cell.trackers = for_run(plain_config(cell.folder), cell.folder, "cell") if rank()[0] == 0 else None
     curve = heldout_curve(cell.start.reference, tok, cell.data, cell.cfg.eval, t, cell.cfg.model.chat_template)
+    on_step = steps_stage("training", resolve_schedule(t, len(cell.tdata)).steps, cell.guard)  # progress.json
     cell.train_res = train(cell.policy, cell.tdata, PreferenceObjective(method, features), t, cell.cfg.seed,
                            cell.folder, tokenizer=tok, desc=f"{cell.cfg.method.label} s{cell.cfg.seed}",
-                           on_step=cell.guard, trackers=cell.trackers, evaluator=curve)
+                           on_step=on_step, trackers=cell.trackers, evaluator=curve)
     cell.policy = cell.train_res.model  # under FSDP: the gathered, unsharded model (core/sharded.py)
 
 
@@ -287,7 +289,10 @@ def evaluate_cell(cell: Cell) -> dict[str, Any]:
                                  generator=generator_for(cfg.eval, cell.tok, cell.folder, cfg.seed)))
         m["cost/eval_wall_s"] = round(time.time() - t0, 3)
     if cell.method is not None and "token_weights" in cell.method.needs:
+        from .results.progress import current
+
         cfg = cell.cfg
+        current().stage("evaluation:token_importance")
         write_importance_examples(cell.policy, cell.start.reference, cell.tok, cell.data, cell.method, cell.folder,
                                   cfg.train, cfg.model.chat_template, check_lock=cell.check_lock)
     cell.start.release()
@@ -403,8 +408,10 @@ def save(cell: Cell, metrics: dict) -> None:
     """metrics.json (atomically, while the lock is ours), the model when ``train.keep_model``,
     and no checkpoints left behind."""
     from .results import atomic_write_json
+    from .results.progress import current
 
     cell.check_lock()
+    current().stage("saving")
     atomic_write_json(cell.folder / "metrics.json", metrics)
     if cell.train_res is not None and cell.trackers is not None:
         cell.trackers.finish(metrics)

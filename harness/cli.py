@@ -1,4 +1,4 @@
-"""``python -m harness``: run | validate | report | ls.
+"""``python -m harness``: run | validate | report | status | ls.
 
 Exit codes (``run``; see harness.sweep): 0 every SFT stage and cell of the plan is done; 1 some
 failed (their folders say why); 2 invalid input (suite, data, arguments, the results folder),
@@ -23,6 +23,7 @@ EPILOG = """examples:
   python -m harness run SUITE --retry-failed               # rerun failed cells too
   python -m harness validate SUITE
   python -m harness report results/quickstart
+  python -m harness status results/quickstart             # each job's state, stage, step, ETA
   python -m harness ls methods
 """
 
@@ -57,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("results_dir", help="results/<suite> (or a results root holding several suites)")
     rep.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
     rep.add_argument("--baseline", help="row compared against (default: the suite's report.baseline or dpo)")
+    _status_parser(sub)
     ls = sub.add_parser("ls", help="list registered methods, embedded tasks or launchers")
     ls.add_argument("what", choices=["methods", "tasks", "launchers"])
     ls.add_argument("--plugin", action="append", default=[])
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_run(args)
             if args.cmd == "report":
                 return cmd_report(args)
+            if args.cmd == "status":
+                return cmd_status(args)
     except UserError as e:
         print("error: " + ("\n  " if len(e.problems) > 1 else ""), end="", file=sys.stderr)
         print("\n  ".join(e.problems), file=sys.stderr)
@@ -314,14 +318,15 @@ def _launch(suite, suite_dir: Path, jobs, profile) -> str | None:
     """Run ``jobs`` and say how they went; returns why the sweep must stop (the disk is full)
     or None. Ctrl-C / SIGTERM mark the jobs' folders interrupted and propagate."""
     from .launch import format_summary, launch
+    from .launch.monitor import Monitor
     from .sweep import mark_interrupted, out_of_space, record_hard_failures
 
     t0 = time.time()
     outcomes, interrupted = [], None
     if jobs:
         try:
-            outcomes = launch(jobs, suite.launcher, suite_dir / "_launch", profile=profile,
-                              progress=_progress_printer(len(jobs)))
+            with Monitor(jobs) as monitor:  # counts, and each running job's stage, step and ETA
+                outcomes = launch(jobs, suite.launcher, suite_dir / "_launch", profile=profile, progress=monitor)
         except KeyboardInterrupt as e:
             interrupted = e
     if interrupted is not None:
@@ -392,25 +397,6 @@ def _check_runnable(plan) -> None:
                             f"to exercise the pipeline with tiny stand-ins.")
 
 
-def _progress_printer(total: int):
-    last = {"t": 0.0, "s": None}
-    tty = sys.stderr.isatty()
-
-    def show(counts: dict) -> None:
-        s = " ".join(f"{k}={counts.get(k, 0)}" for k in ("pending", "running", "done", "failed"))
-        if s == last["s"]:
-            return
-        last["s"] = s
-        if tty:
-            print(f"\r[{total} jobs] {s}   ", end="", file=sys.stderr, flush=True)
-            if counts.get("pending", 0) + counts.get("running", 0) == 0:
-                print(file=sys.stderr)
-        else:
-            print(f"[{total} jobs] {s}", file=sys.stderr, flush=True)
-
-    return show
-
-
 # --------------------------------------------------------------------------- report
 def cmd_report(args) -> int:
     from .report import build_report
@@ -420,4 +406,17 @@ def cmd_report(args) -> int:
         raise UserError(f"{d}: no such results folder; give results/<suite> as written by `harness run`")
     out = build_report(d, out_dir=Path(args.out) if args.out else None, baseline=args.baseline)
     print(f"report: {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- status
+def _status_parser(sub) -> None:
+    st = sub.add_parser("status", help="where each stage and cell of a results folder stands (during or after a run)")
+    st.add_argument("results_dir", help="results/<suite>")
+
+
+def cmd_status(args) -> int:
+    from .launch.status import status_table
+
+    print(status_table(Path(args.results_dir)))
     return 0

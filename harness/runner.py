@@ -187,6 +187,7 @@ def _run_locked(suite_dir: Path, kind: str, job_id: str, folder: Path, deps: lis
     from .results import read_status, write_status
     from .results.layout import done_problem, remove_temp_leftovers
     from .results.locks import LockLostError
+    from .results.progress import reporting
 
     remove_temp_leftovers(folder)
     st = read_status(folder)
@@ -210,7 +211,8 @@ def _run_locked(suite_dir: Path, kind: str, job_id: str, folder: Path, deps: lis
     t0 = time.time()
     guard = LockGuard(lock)
     try:
-        out = _stage_runner(kind)(suite_dir, folder, guard)
+        with reporting(folder, "sampling" if kind == "onpolicy" else "set-up"):  # progress.json
+            out = _stage_runner(kind)(suite_dir, folder, guard)
         lock.ensure_held()
     except LockLostError as e:
         print(f"{folder.name}: {e}", file=sys.stderr, flush=True)
@@ -259,11 +261,12 @@ def _quiet_threads() -> None:
 
 # ------------------------------------------------------------------------- SFT stage
 def _run_sft(suite_dir: Path, folder: Path, guard=None) -> dict:
-    from .core.train import SFTObjective, train
+    from .core.train import SFTObjective, resolve_schedule, train
     from .data.tokenize import tokenize
     from .models import load_model, save_model, weights_fingerprint
     from .results import atomic_write_json
     from .results.layout import share_like_other_files
+    from .results.progress import current, steps_stage
 
     cfg = load_stage_config(folder)
     data = _stage_data(cfg)
@@ -278,8 +281,9 @@ def _run_sft(suite_dir: Path, folder: Path, guard=None) -> dict:
     from .trackers import for_run
 
     trk = for_run(_plain(folder), folder, "sft") if _rank()[0] == 0 else None
+    on_step = steps_stage("sft", resolve_schedule(sft, len(tdata)).steps, guard)  # progress.json
     res = train(model, tdata, SFTObjective(), sft, seed, folder, tokenizer=tok, desc=f"sft {folder.name}",
-                on_step=guard, trackers=trk)
+                on_step=on_step, trackers=trk)
     if trk is not None:
         trk.finish({"final_loss": res.last_metrics.get("loss"), "wall_s": res.wall_s})
     model = res.model  # under FSDP: the gathered, unsharded model (core/sharded.py)
@@ -288,6 +292,7 @@ def _run_sft(suite_dir: Path, folder: Path, guard=None) -> dict:
     model = model.cpu()
     if guard is not None:
         guard()
+    current().stage("saving")
     save_model(model, tok, folder / "model")
     share_like_other_files((folder / "model").glob("*.safetensors"))
     info = {"wall_s": round(res.wall_s, 3), "steps": res.steps, "tokens": res.tokens,

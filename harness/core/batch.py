@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..results.progress import counted
+
 
 @dataclass
 class Rows:
@@ -127,7 +129,7 @@ def sequence_logps(model, prompts, responses, pad_id: int, batch_size: int, devi
     out: list[torch.Tensor | None] = [None] * len(prompts)
     order = by_length([len(p) + len(r) for p, r in zip(prompts, responses)])
     with torch.no_grad():
-        for s in range(0, len(order), batch_size):
+        for s in counted(range(0, len(order), batch_size)):  # batches of the job's stage (progress.json)
             part = order[s: s + batch_size]
             h = [holes[i] for i in part] if holes is not None else None
             rows = collate([prompts[i] for i in part], [responses[i] for i in part], pad_id, h).to(device)

@@ -48,6 +48,7 @@ from methods.feature_specs import spec_for
 
 from .batch import (Rows, collate, compact, gather_logps, pad_stack, response_logits, selected_logits,
                     sequence_logps)
+from ..results.progress import counted, current
 from .cache import indexed_load, indexed_save, ragged_load, ragged_save
 
 ANCHOR_SEED = 0  # reference anchors: one fixed seed, so every cell sharing the reference shares them
@@ -238,8 +239,10 @@ class Features:
             ps = self.prompts_of([d.prompts[i] for i in idx])
             chosen, rejected = [d.chosen[i] for i in idx], [d.rejected[i] for i in idx]
             self.count("ref_pass_tokens", sum(2 * len(p) + len(c) + len(r) for p, c, r in zip(ps, chosen, rejected)))
-            return {"chosen": sequence_logps(ref, ps, chosen, self.pad_id, self.ref_batch_size, self.device),
-                    "rejected": sequence_logps(ref, ps, rejected, self.pad_id, self.ref_batch_size, self.device)}
+            # progress.json: the pass's batches, chosen then rejected
+            with current().section("reference pass", 2 * -(-len(idx) // self.ref_batch_size)):
+                return {"chosen": sequence_logps(ref, ps, chosen, self.pad_id, self.ref_batch_size, self.device),
+                        "rejected": sequence_logps(ref, ps, rejected, self.pad_id, self.ref_batch_size, self.device)}
 
         got, missing = self._indexed(path, meta, compute)
         self.counters["ref_cache_hit"] = int(not missing)
@@ -270,15 +273,16 @@ class Features:
             model = self.ref().model if self.wspec.scheme == "importance" else None
             d, bs = self.data, self.ref_batch_size
             out = {side: [] for side in ("chosen", "rejected")}
-            for s in range(0, len(idx), bs):
-                part = idx[s: s + bs]
-                ps = self.prompts_of([d.prompts[i] for i in part])
-                w = token_weights(model, ps + ps, [d.chosen[i] for i in part] + [d.rejected[i] for i in part],
-                                  self.wspec, self.pad_id, self.device, fallback=False)
-                if model is not None:
-                    self.count("ref_attribution_passes")
-                out["chosen"].extend(x.cpu() for x in w[: len(ps)])
-                out["rejected"].extend(x.cpu() for x in w[len(ps):])
+            with current().section("reference pass (token weights)", -(-len(idx) // bs)):
+                for s in counted(range(0, len(idx), bs)):
+                    part = idx[s: s + bs]
+                    ps = self.prompts_of([d.prompts[i] for i in part])
+                    w = token_weights(model, ps + ps, [d.chosen[i] for i in part] + [d.rejected[i] for i in part],
+                                      self.wspec, self.pad_id, self.device, fallback=False)
+                    if model is not None:
+                        self.count("ref_attribution_passes")
+                    out["chosen"].extend(x.cpu() for x in w[: len(ps)])
+                    out["rejected"].extend(x.cpu() for x in w[len(ps):])
             return out
 
         return self._indexed(path, meta, compute)[0]
@@ -298,12 +302,14 @@ class Features:
         prompts = self.prompts_of(self.data.prompts)
         anchors: list[list[int]] = []
         devices = [self.device] if torch.device(self.device).type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # the caller's random state is left as it was
-            for s in range(0, len(prompts), bs):
+        # the random state: the caller's is left as it was; progress.json: sampling, then scoring
+        with torch.random.fork_rng(devices=devices), current().section("reference pass (anchors)",
+                                                                       2 * -(-len(prompts) // bs)):
+            for s in counted(range(0, len(prompts), bs)):
                 torch.manual_seed(ANCHOR_SEED * 1_000_003 + s)
                 anchors += sample_anchors(ref.model, prompts[s: s + bs], self.aspec, tokenizer=self.tok,
                                           pad_id=self.pad_id, device=self.device)
-        logps = sequence_logps(ref, prompts, anchors, self.pad_id, bs, self.device, self.anchor_holes(anchors))
+            logps = sequence_logps(ref, prompts, anchors, self.pad_id, bs, self.device, self.anchor_holes(anchors))
         self.counters["ref_anchor_tokens"] = sum(map(len, anchors))
         if path:
             ragged_save(path, {"anchor": [torch.tensor(a, dtype=torch.long) for a in anchors],

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from ..metrics import record_item_mean
+from ..results.progress import counted
 from .context import EvalContext
 
 
@@ -112,7 +113,7 @@ def reward_accuracy(ctx: EvalContext) -> dict:
     feats = Features(method, td, ref_model=ctx.ref, cache_dir=None, device=ctx.device, pad_id=tok.pad_token_id,
                      tokenizer=tok, ref_logps=given)
     obj, bs, wins = PreferenceObjective(method, feats), ctx.spec.batch_size, []
-    for s in range(0, len(td), bs):
+    for s in counted(range(0, len(td), bs)):  # batches of the job's stage (progress.json)
         idx = list(range(s, min(s + bs, len(td))))
         step = StepContext(0, 0, tok.pad_token_id, ctx.device, tok)
         # token weights need gradients w.r.t. the embeddings; everything else runs without
@@ -170,7 +171,7 @@ def sequence_kl(policy, ref, prompts, responses, pad: int, bs: int, device) -> l
 
     out: list[float] = []
     with torch.no_grad():
-        for s in range(0, len(prompts), bs):
+        for s in counted(range(0, len(prompts), bs)):  # batches of the job's stage (progress.json)
             rows = collate(prompts[s: s + bs], responses[s: s + bs], pad).to(device)
             lp = torch.log_softmax(selected_logits(response_logits(policy, rows), rows).float(), -1)
             lq = torch.log_softmax(selected_logits(response_logits(ref, rows), rows).float(), -1)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..core.batch import by_length, room_for
+from ..results.progress import counted
 
 
 def generate(model, prompts: list[list[int]], *, pad_id: int, eos_id: int, max_new_tokens: int,
@@ -42,7 +43,7 @@ def generate(model, prompts: list[list[int]], *, pad_id: int, eos_id: int, max_n
     order = list(range(len(prompts))) if do_sample else by_length([len(p) for p in prompts])
     try:
         with torch.no_grad():
-            for s in range(0, len(order), batch_size):
+            for s in counted(range(0, len(order), batch_size)):  # batches of the job's stage (progress.json)
                 part = order[s: s + batch_size]
                 rows = _generate_batch(model, [prompts[i] for i in part], pad_id, eos_id, device, kw)
                 for j, i in enumerate(part):

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..results import JsonlWriter
+from ..results.progress import current
 from ..schema import EvalSpec
 from .context import EvalContext
 from .families import FAMILIES, preference_items, sequence_kl  # noqa: F401 - the curves and tests use them here
@@ -47,9 +48,11 @@ def evaluate(ctx: EvalContext) -> dict[str, Any]:
     m: dict[str, Any] = {}
     try:
         if getattr(ctx.generator, "one_model_at_a_time", False):
+            current().stage("evaluation:generation")
             ctx.generate_policy_first()
         for fam in FAMILIES:
             if fam.applies(ctx):
+                current().stage(f"evaluation:{fam.name}")  # progress.json: batches counted inside
                 m.update(fam.compute(ctx))
     finally:
         ctx.samples_log.close()
