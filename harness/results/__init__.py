@@ -4,7 +4,7 @@ process never leaves a half-written or ambiguous result behind.
 Layout (contract, see DESIGN.md "Results")::
 
     results/<suite>/<cell_id>/   config.yaml  metrics.json  train_log.jsonl  samples.jsonl
-                                 env.json     status       lock
+                                 env.json     status       lock   progress.json (while running)
     results/<suite>/_sft/<stage_id>/   the same status/config files, plus the checkpoint
 
 Why plain files: SLURM clusters share results over NFS or Lustre, where one file per run with
@@ -19,7 +19,9 @@ keeps working for every caller:
 * :mod:`harness.results.status`: the ``status`` file (``pending | running | done | failed``);
 * :mod:`harness.results.locks`: ``CellLock``/``SuiteLock`` with a heartbeat;
 * :mod:`harness.results.env`: ``env_info`` for ``env.json``;
-* :mod:`harness.results.layout`: listing cells, checkpoint rotation, sizes.
+* :mod:`harness.results.layout`: listing cells, checkpoint rotation, sizes;
+* :mod:`harness.results.progress`: ``progress.json``, where a running job is (stage, step/total),
+  for the launch monitor and ``harness status``.
 
 Safety: nothing here uses ``pickle``, and result files are never unpickled; they are JSON,
 YAML (``yaml.safe_load`` only) and JSONL.  Code elsewhere that reads checkpoints must call
