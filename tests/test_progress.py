@@ -126,7 +126,8 @@ def test_batch_loops_count_into_a_batch_stage_only(tmp_path):
         with p.section("reference pass", 4):           # a known total: loops advance, never add
             list(P.counted(range(2)))
             list(P.counted(range(2)))
-            assert (read(tmp_path)["stage"], read(tmp_path)["step"], read(tmp_path)["total"]) == ("reference pass", 4, 4)
+            rec = read(tmp_path)
+            assert (rec["stage"], rec["step"], rec["total"]) == ("reference pass", 4, 4)
         rec = read(tmp_path)                            # back where it was
         assert (rec["stage"], rec["step"], rec["total"], rec["unit"]) == ("training", 2, 6, "steps")
     assert not (tmp_path / P.PROGRESS_FILE).exists()    # finished: removed
