@@ -253,7 +253,7 @@ class TrainSpec:
     precision: Literal["auto", "fp32", "bf16"] = f("auto", "auto = bf16 on GPU, fp32 on CPU")
     checkpoint_every: int = f(50, "save a resumable checkpoint every N steps (0: only at the end)", NONNEG)
     keep_checkpoints: int = f(1, "checkpoints kept on disk (oldest removed)", POS)
-    keep_model: bool = f(False, "keep the final model weights in the cell folder")
+    keep_model: bool = f(True, "keep the trained policy in the cell folder's model/ (the full weights in safetensors, or only the LoRA adapter under LoRA; the size per cell is printed by validate), so `python -m harness eval` can evaluate it later; false: nothing kept. Not part of the cell id")
     reference_cache: bool = f(True, "cache per-token reference log-probs on disk, shared across cells")
     log_every: int = f(1, "write train_log.jsonl every N steps", POS)
     eval_every: int = f(
@@ -280,6 +280,7 @@ class SFTSpec(TrainSpec):
     data: Literal["chosen", "sft"] = f(
         "sft", "chosen: NLL on the chosen responses of the preference data; sft: the data set's SFT split "
         "(embedded tasks provide one; other data fall back to chosen)")
+    keep_model: bool = f(False, "not used: an SFT stage always keeps its model (its cells start from it)")
     per_seed: bool = f(True, "one SFT checkpoint per seed (so seed intervals include SFT variance); "
                        "false: one per (model, data set), shared by every seed")
 

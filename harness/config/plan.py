@@ -207,6 +207,10 @@ class _Builder:
         if v.name in UNTRAINED:
             cell_train["steps"] = 0  # a baseline row as it is: nothing to train
             cell_train.pop("epochs", None)
+        if v.name in UNTRAINED or (tuning or {}).get("role") == "trial":
+            # a baseline row's weights are its SFT stage's or the model's; a trial is scored on dev
+            # and replaced by its final: neither keeps a copy of the weights
+            cell_train["keep_model"] = False
         evl = evl if evl is not None else self.evl
         config = {
             "suite": s.name,
@@ -224,7 +228,9 @@ class _Builder:
                                   "max_new_tokens": self.sampling(False)["max_new_tokens"]}
         if tuning is not None:
             config["tuning"] = tuning
-        id_view = {**config, "model": m_id, "dataset": d_id}
+        # keep_model changes what is kept, not what is trained: the id hashes it as false (its
+        # value, then the default, when the recorded ids were made), whatever the setting
+        id_view = {**config, "model": m_id, "dataset": d_id, "train": {**cell_train, "keep_model": False}}
         cid = f"{slug(v.label, CELL_ID_LABEL_LEN)}-{model}-{dataset}-s{seed}-{config_hash(id_view)}"
         stored = {**config, "plugins": self.plugins}
         if evl.get("judge") not in (None, "oracle"):
