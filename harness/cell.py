@@ -405,8 +405,9 @@ def training_summary(cell: Cell) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- save
 def save(cell: Cell, metrics: dict) -> None:
-    """metrics.json (atomically, while the lock is ours), the model when ``train.keep_model``,
-    and no checkpoints left behind."""
+    """metrics.json (atomically, while the lock is ours), the trained policy when
+    ``train.keep_model`` (the full weights, or the LoRA adapter: harness.policy_store), and no
+    checkpoints left behind."""
     from .results import atomic_write_json
     from .results.progress import current
 
@@ -415,12 +416,11 @@ def save(cell: Cell, metrics: dict) -> None:
     atomic_write_json(cell.folder / "metrics.json", metrics)
     if cell.train_res is not None and cell.trackers is not None:
         cell.trackers.finish(metrics)
-    if cell.cfg.train.keep_model:
-        from .models import save_model
-        from .results.layout import share_like_other_files
+    if cell.cfg.train.keep_model and cell.method is not None:  # a baseline row's weights are kept elsewhere
+        from .policy_store import save_policy
 
-        save_model(cell.policy.cpu(), cell.tok, cell.folder / "model")
-        share_like_other_files((cell.folder / "model").glob("*.safetensors"))
+        cell.check_lock()
+        save_policy(cell.policy.cpu(), cell.tok, cell.folder, base=cell.cfg.sft_stage)
     shutil.rmtree(cell.folder / "checkpoints", ignore_errors=True)
 
 

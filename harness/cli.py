@@ -1,4 +1,4 @@
-"""``python -m harness``: run | validate | report | status | ls.
+"""``python -m harness``: run | validate | report | status | eval | ls.
 
 Exit codes (``run``; see harness.sweep): 0 every SFT stage and cell of the plan is done; 1 some
 failed (their folders say why); 2 invalid input (suite, data, arguments, the results folder),
@@ -24,6 +24,7 @@ EPILOG = """examples:
   python -m harness validate SUITE
   python -m harness report results/quickstart
   python -m harness status results/quickstart             # each job's state, stage, step, ETA
+  python -m harness eval results/quickstart --tasks hellaswag,embedded_mc   # saved cells, no retraining
   python -m harness ls methods
 """
 
@@ -59,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
     rep.add_argument("--baseline", help="row compared against (default: the suite's report.baseline or dpo)")
     _status_parser(sub)
+    _eval_parser(sub)
     ls = sub.add_parser("ls", help="list registered methods, embedded tasks or launchers")
     ls.add_argument("what", choices=["methods", "tasks", "launchers"])
     ls.add_argument("--plugin", action="append", default=[])
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 return cmd_report(args)
             if args.cmd == "status":
                 return cmd_status(args)
+            if args.cmd == "eval":
+                return cmd_eval(args)
     except UserError as e:
         print("error: " + ("\n  " if len(e.problems) > 1 else ""), end="", file=sys.stderr)
         print("\n  ".join(e.problems), file=sys.stderr)
@@ -206,7 +210,14 @@ def cmd_validate(args) -> int:
     check_folder_names(plan, Path(args.results), str(args.suite))
     print(f"{args.suite}: valid")
     print(_describe(plan, Path(args.results)))
+    print("\n".join(_disk_lines(plan)))
     return 0
+
+
+def _disk_lines(plan) -> list[str]:
+    from .policy_store import describe_disk
+
+    return describe_disk(plan)
 
 
 # ------------------------------------------------------------------------------ run
@@ -228,6 +239,7 @@ def cmd_run(args) -> int:
     profile = _slurm_profile(suite, loaded, args.smoke)
     if args.dry_run:
         print(_describe(plan, results_root))
+        print("\n".join(_disk_lines(plan)))
         print()
         print(describe_launch(plan, suite.launcher, profile, suite_dir))
         return 0
@@ -420,3 +432,39 @@ def cmd_status(args) -> int:
 
     print(status_table(Path(args.results_dir)))
     return 0
+
+
+# ----------------------------------------------------------------------------- eval
+def _eval_parser(sub) -> None:
+    e = sub.add_parser("eval", help="evaluate a suite's finished cells from their kept policies (lm-eval tasks); "
+                                    "adds columns to the report without retraining")
+    e.add_argument("results_dir", help="results/<suite> as written by `harness run`")
+    e.add_argument("--tasks", required=True,
+                   help="comma-separated lm-eval tasks: lm-eval's own names (hellaswag, truthfulqa_mc2, ...), "
+                        "the project's aliases (mmlu, gsm8k, ...), embedded_gen/embedded_mc, or tasks of --include-path")
+    e.add_argument("--limit", type=_positive_int, help="examples per task (default: all)")
+    e.add_argument("--force", action="store_true", help="evaluate again the tasks a cell has already")
+    e.add_argument("--include-path", type=Path, help="a folder of your own lm-eval task YAML files")
+    e.add_argument("--allow-code-execution", action="store_true",
+                   help="let tasks such as humaneval run model-written code here (no sandbox)")
+    e.add_argument("--skip-unsaved", action="store_true",
+                   help="evaluate the cells that kept their policy and skip the others (default: exit 2)")
+    e.add_argument("--no-report", action="store_true", help="don't rewrite the report at the end")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return n
+
+
+def cmd_eval(args) -> int:
+    from .eval_saved import evaluate_suite, parse_tasks
+
+    return evaluate_suite(Path(args.results_dir), parse_tasks(args.tasks), limit=args.limit, force=args.force,
+                          include_path=args.include_path, allow_code_execution=args.allow_code_execution,
+                          skip_unsaved=args.skip_unsaved, report=not args.no_report)

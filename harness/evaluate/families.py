@@ -222,17 +222,25 @@ def diversity(ctx: EvalContext) -> dict:
 @family("lm_eval", lambda ctx: bool(ctx.spec.lm_eval_tasks))
 def lm_eval(ctx: EvalContext) -> dict:
     """The suite's lm-eval tasks (``lm_eval/<task>/<metric>``), in-process."""
-    from .lmeval import run_lm_eval, write_local_tasks
+    from .lmeval import run_lm_eval
 
     spec, include = ctx.spec, None
     if any(t.startswith("embedded") for t in spec.lm_eval_tasks):
-        rows = ctx.data.heldout[: spec.lm_eval_limit or 100]
-        text = [p.prompt if isinstance(p.prompt, str) else str(p.prompt) for p in rows]
-        gen = [{"prompt": t, "answer": p.meta.get("answer", p.chosen)} for t, p in zip(text, rows)]
-        mc = [{"question": t, "choices": [p.chosen, p.rejected], "gold": 0} for t, p in zip(text, rows)]
-        include = ctx.out_dir / "lm_eval_tasks"
-        write_local_tasks(include, gen, mc)
+        include = write_embedded_tasks(ctx.data, spec.lm_eval_limit, ctx.out_dir / "lm_eval_tasks")
     model = ctx.generator.lm_eval_model(ctx.policy, ctx.tok) if hasattr(ctx.generator, "lm_eval_model") else ctx.policy
     return run_lm_eval(model, ctx.tok, list(spec.lm_eval_tasks), include_path=include, limit=spec.lm_eval_limit,
                        batch_size=spec.batch_size, device=str(ctx.device), seed=ctx.seed,
                        allow_code_execution=spec.allow_code_execution)
+
+
+def write_embedded_tasks(data, limit: int | None, out_dir):
+    """The local lm-eval tasks ``embedded_gen`` / ``embedded_mc`` from the first ``limit`` (100)
+    held-out pairs of ``data``, written into ``out_dir`` (returned)."""
+    from .lmeval import write_local_tasks
+
+    rows = data.heldout[: limit or 100]
+    text = [p.prompt if isinstance(p.prompt, str) else str(p.prompt) for p in rows]
+    gen = [{"prompt": t, "answer": p.meta.get("answer", p.chosen)} for t, p in zip(text, rows)]
+    mc = [{"question": t, "choices": [p.chosen, p.rejected], "gold": 0} for t, p in zip(text, rows)]
+    write_local_tasks(out_dir, gen, mc)
+    return out_dir

@@ -43,6 +43,7 @@ import pandas as pd
 from harness import paths
 from harness.errors import UserError
 from harness.results import CorruptFileError, list_cells, read_json, read_jsonl, read_yaml
+from harness.results.evaluated import read_evaluated
 from harness.results.layout import has_cells, read_plan
 from harness.schema import BASE_METHOD, SFT_METHOD
 
@@ -257,6 +258,7 @@ def _cell_row(entry: dict, notes: list[str]) -> tuple[dict, dict[str, float]]:
             loaded = read_json(d / "metrics.json")
             metrics = loaded if isinstance(loaded, dict) else {}
             broken = None if isinstance(loaded, dict) else "metrics.json is not a JSON object"
+            metrics.update(read_evaluated(d))  # `harness eval` after the run: eval/<task>.json
         except (CorruptFileError, OSError) as e:
             broken = "metrics.json is unreadable"
             notes.append(f"{d / 'metrics.json'}: unreadable ({e}); the cell is left out of the "
