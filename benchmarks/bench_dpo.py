@@ -252,7 +252,7 @@ class Bench:
         """Per-step anchor sampling alone: each step's prompts, the policy's settings, the
         same reseeding as the training loop; no forward, backward or optimizer."""
         from harness.core.anchors import sample_anchors
-        from harness.core.train import _reseed
+        from harness.core.schedule import reseed as _reseed
         from methods.feature_specs import spec_for
 
         torch.set_num_threads(1)

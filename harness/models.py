@@ -285,7 +285,28 @@ def load_model(spec: ModelSpec, *, alphabet: str | None = None, texts: Iterable[
         return _finish(model, tok, spec)
     if not spec.path and not spec.hub:
         raise UserError(f"model {spec.name!r}: give one of `tiny:`, `path:` or `hub:`")
+    src, gguf_file, where = _pretrained_source(spec)
+    kw = dict(trust_remote_code=bool(spec.trust_remote_code), revision=spec.revision)
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    cache_key = _gguf_cache_key(src, gguf_file, wdtype, kw) if (gguf_file and spec.path) else None
+    if cache_key is not None and _GGUF_CACHE.get("key") == cache_key:
+        import copy
 
+        model, tok = copy.deepcopy(_GGUF_CACHE["model"]), copy.deepcopy(_GGUF_CACHE["tok"])
+        return _finish(model, tok, spec)
+    model, tok = _from_pretrained(spec, src, gguf_file, where, wdtype, kw)
+    if cache_key is not None:
+        import copy
+
+        _GGUF_CACHE.clear()  # one entry: a run uses one model; never hold two
+        _GGUF_CACHE.update(key=cache_key, model=copy.deepcopy(model), tok=copy.deepcopy(tok))
+    return _finish(model, tok, spec)
+
+
+def _pretrained_source(spec: ModelSpec) -> tuple[str, str | None, str]:
+    """Where a ``path`` or ``hub`` model is read from: (folder or hub id, its GGUF file or
+    None, the words naming it in errors). A hub model is checked against offline mode first."""
     gguf_file = spec.gguf_file
     if spec.path:
         src, gguf_file = _local_source(spec)
@@ -296,23 +317,22 @@ def load_model(spec: ModelSpec, *, alphabet: str | None = None, texts: Iterable[
         src, where = spec.hub, f"hub id {spec.hub!r}"
     if gguf_file:
         _require_gguf(spec)
+    return src, gguf_file, where
+
+
+def _from_pretrained(spec: ModelSpec, src: str, gguf_file: str | None, where: str, wdtype: torch.dtype,
+                     kw: dict):
+    """Tokenizer and model from ``src`` (a GGUF file dequantized into a plain dense model), the
+    tokenizer given a pad token when it has none."""
     from transformers import AutoModelForCausalLM
 
-    kw = dict(trust_remote_code=bool(spec.trust_remote_code), revision=spec.revision)
     mkw = {}
     if gguf_file:
         from transformers import GgufConfig
 
-        kw["gguf_file"] = gguf_file
         # Unpack every weight into a plain dense model: trainable, and saveable with
         # save_pretrained (a model that keeps its GGUF quantizer is neither).
         mkw["quantization_config"] = GgufConfig(dequantize=True)
-    cache_key = _gguf_cache_key(src, gguf_file, wdtype, kw) if (gguf_file and spec.path) else None
-    if cache_key is not None and _GGUF_CACHE.get("key") == cache_key:
-        import copy
-
-        model, tok = copy.deepcopy(_GGUF_CACHE["model"]), copy.deepcopy(_GGUF_CACHE["tok"])
-        return _finish(model, tok, spec)
     try:
         tok = _load_tokenizer(src, **kw)
         model = AutoModelForCausalLM.from_pretrained(src, dtype=wdtype, **kw, **mkw)
@@ -328,12 +348,7 @@ def load_model(spec: ModelSpec, *, alphabet: str | None = None, texts: Iterable[
             model.resize_token_embeddings(len(tok))
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
-    if cache_key is not None:
-        import copy
-
-        _GGUF_CACHE.clear()  # one entry: a run uses one model; never hold two
-        _GGUF_CACHE.update(key=cache_key, model=copy.deepcopy(model), tok=copy.deepcopy(tok))
-    return _finish(model, tok, spec)
+    return model, tok
 
 
 # Reading a GGUF file is slow (pure-Python parsing and dequantizing: ~20-60 s for SmolLM2-135M on

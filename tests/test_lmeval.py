@@ -268,7 +268,7 @@ INSTALLED = {  # friendly name -> (task, dataset_path, dataset_name, num_fewshot
 
 def test_benchmark_table_matches_installed_lm_eval():
     for name, b in STANDARD_BENCHMARKS.items():
-        index = lmeval._task_manager([lmeval._lm_eval_tasks_dir() / b.folder])._index
+        index = lmeval.task_manager([lmeval.lm_eval_tasks_dir() / b.folder])._index
         assert b.task in index, name
         cfg = index[b.task].cfg
         if name == "mmlu":  # a group of 57 subject tasks

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from harness.errors import UserError
-from harness.evaluate import lmeval, lmeval_tasks
+from harness.evaluate import lmeval, lmeval_benchmarks, lmeval_check, lmeval_tasks
 from harness.evaluate.lmeval import check_available, smoke_standin
 
 
@@ -64,7 +64,7 @@ def test_a_missing_benchmark_module_names_the_projects_extra(name, offline_cache
     if name not in lmeval_tasks.native_index() and name not in lmeval.STANDARD_BENCHMARKS:
         pytest.skip(f"{name} not in this lm-eval")
     real = importlib.util.find_spec
-    monkeypatch.setattr(lmeval, "find_spec", lambda m, *a: None if m == "langdetect" else real(m, *a))
+    monkeypatch.setattr(lmeval_check, "find_spec", lambda m, *a: None if m == "langdetect" else real(m, *a))
     with pytest.raises(UserError) as e:
         check_available([name])
     assert any("langdetect" in p and "prefopt-harness[benchmarks]" in p for p in e.value.problems)
@@ -91,7 +91,7 @@ def test_an_lm_eval_name_runs_through_the_native_path(tmp_path, monkeypatch):
                       prefix="arith")
     fake = lmeval_tasks.NativeTask("arith_gen", folder, "gen", (), (), False)
     monkeypatch.setattr(lmeval_tasks, "resolve", lambda n: fake if n == "arith_gen" else None)
-    monkeypatch.setattr(lmeval, "_lm_eval_tasks_dir", lambda: tmp_path)
+    monkeypatch.setattr(lmeval_benchmarks, "lm_eval_tasks_dir", lambda: tmp_path)
     model, tok = tiny(0)
     out = run_lm_eval(model, tok, ["arith_gen"], include_path=None, limit=None, batch_size=2, device="cpu")
     assert out["lm_eval/arith_gen/exact_match"] in (0.0, 0.5, 1.0)

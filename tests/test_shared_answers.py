@@ -72,12 +72,12 @@ def test_hub_offline_false_is_online_for_the_run_preflight_and_the_model_loader(
 
 def test_lm_eval_and_data_sets_ask_the_same_question(no_flags, tmp_path):
     from harness.data import hub as data_hub
-    from harness.evaluate import lmeval
+    from harness.evaluate import lmeval, lmeval_check
 
     no_flags.setenv("HF_DATASETS_CACHE", str(tmp_path / "ds"))
     no_flags.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     no_flags.setenv("TRANSFORMERS_OFFLINE", "1")  # one flag is enough, for every library
-    assert data_hub.hub_offline is hub.offline and lmeval.offline is hub.offline
+    assert data_hub.hub_offline is hub.offline and lmeval_check.offline is hub.offline
     with pytest.raises(UserError, match="offline mode is on"):
         lmeval.check_available(["gsm8k"])
 

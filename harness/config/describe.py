@@ -77,6 +77,31 @@ def describe_plan(plan: Plan, results_dir: str | os.PathLike) -> str:
     estimate."""
     s = plan.suite
     root = Path(results_dir) / s.name
+    states = {c.cell_id: _state(root / c.cell_id) for c in plan.cells}
+    out = _headline(plan)
+    counts: dict[str, int] = {}
+    for st in states.values():
+        counts[st] = counts.get(st, 0) + 1
+    out.append("Status: " + ", ".join(f"{n} {st}" for st, n in sorted(counts.items())))
+    out += ["", "Cells:"]
+    out += _table([[c.label, c.model, c.dataset, c.seed, states[c.cell_id], c.cell_id] for c in plan.cells],
+                  ["label", "model", "dataset", "seed", "status", "cell id"])
+    out += _stage_tables(plan, root)
+    if plan.tuned:
+        from .space import describe_spaces
+
+        t = s.tuning
+        out += ["", f"Tuning: phase 1 above = trials on the dev split (seeds {', '.join(map(str, t.seeds))}) and the "
+                    f"rows that need none; budget {t.budget if t.budget is not None else 'every point'} trials "
+                    f"per method and (model, data set):"]
+        out += describe_spaces(plan.spaces, t.budget)
+    return "\n".join(out + _compute_estimate(plan))
+
+
+def _headline(plan: Plan) -> list[str]:
+    """The counts (cells as models x data sets x variants x seeds, or a tuned suite's phase 1;
+    the stages) and the suite's description."""
+    s = plan.suite
     n_var = len({c.label for c in plan.cells})
     if plan.tuned:
         trials = sum(c.role == "trial" for c in plan.cells)
@@ -89,14 +114,12 @@ def describe_plan(plan: Plan, results_dir: str | os.PathLike) -> str:
            + (f", {_n(len(plan.onpolicy_stages), 'on-policy stage')}" if plan.onpolicy_stages else "")]
     if s.description:
         out.append(f"  {s.description.strip()}")
-    states = {c.cell_id: _state(root / c.cell_id) for c in plan.cells}
-    counts: dict[str, int] = {}
-    for st in states.values():
-        counts[st] = counts.get(st, 0) + 1
-    out.append("Status: " + ", ".join(f"{n} {st}" for st, n in sorted(counts.items())))
-    out += ["", "Cells:"]
-    out += _table([[c.label, c.model, c.dataset, c.seed, states[c.cell_id], c.cell_id] for c in plan.cells],
-                  ["label", "model", "dataset", "seed", "status", "cell id"])
+    return out
+
+
+def _stage_tables(plan: Plan, root: Path) -> list[str]:
+    """The SFT stages and the on-policy sample stages, with their status."""
+    out: list[str] = []
     if plan.sft_stages:
         out += ["", "SFT stages:"]
         out += _table([[st.model, st.dataset, "-" if st.seed is None else st.seed,
@@ -108,15 +131,12 @@ def describe_plan(plan: Plan, results_dir: str | os.PathLike) -> str:
         out += _table([[st.model, st.dataset, st.seed, st.config["onpolicy"]["k"],
                         _state(root / "_onpolicy" / st.stage_id), st.stage_id] for st in plan.onpolicy_stages],
                       ["model", "dataset", "seed", "k", "status", "stage id"])
-    if plan.tuned:
-        from .space import describe_spaces
+    return out
 
-        t = s.tuning
-        out += ["", f"Tuning: phase 1 above = trials on the dev split (seeds {', '.join(map(str, t.seeds))}) and the "
-                    f"rows that need none; budget {t.budget if t.budget is not None else 'every point'} trials "
-                    f"per method and (model, data set):"]
-        out += describe_spaces(plan.spaces, t.budget)
-    # Compute estimate: every sequence counted at max_length (an upper bound).
+
+def _compute_estimate(plan: Plan) -> list[str]:
+    """Training tokens per model (every sequence counted at max_length: an upper bound), and
+    for tiny models FLOPs as 6 x parameters x tokens."""
     pref_tokens: dict[str, int] = {}
     unknown = 0  # trained by epochs over data whose size is known only when loaded
     for c in plan.cells:
@@ -133,16 +153,16 @@ def describe_plan(plan: Plan, results_dir: str | os.PathLike) -> str:
         sft_tokens[st.model] = sft_tokens.get(st.model, 0) + \
             (n or 0) * t["batch_size"] * t["grad_accum"] * t["max_length"]
     total = sum(pref_tokens.values()) + sum(sft_tokens.values())
-    out += ["", "Compute estimate (rough: tokens = steps x batch_size x grad_accum x max_length, x2 for "
-                "chosen+rejected; sequences counted at full length, reference and evaluation passes left out):",
-            f"  training tokens: {_human(sum(pref_tokens.values()))} preference + "
-            f"{_human(sum(sft_tokens.values()))} SFT = {_human(total)}"
-            + (f" (not counted: {_n(unknown, 'cell or stage')} trained by epochs over data whose size is "
-               f"known only when loaded)" if unknown else "")]
-    for m in s.models:
+    out = ["", "Compute estimate (rough: tokens = steps x batch_size x grad_accum x max_length, x2 for "
+               "chosen+rejected; sequences counted at full length, reference and evaluation passes left out):",
+           f"  training tokens: {_human(sum(pref_tokens.values()))} preference + "
+           f"{_human(sum(sft_tokens.values()))} SFT = {_human(total)}"
+           + (f" (not counted: {_n(unknown, 'cell or stage')} trained by epochs over data whose size is "
+              f"known only when loaded)" if unknown else "")]
+    for m in plan.suite.models:
         if m.tiny is not None:
             n = tiny_param_estimate(asdict(m.tiny))
             toks = pref_tokens.get(m.name, 0) + sft_tokens.get(m.name, 0)
             out.append(f"  {m.name}: ~{_human(n)} parameters (tiny model), ~{_human(6 * n * toks)} FLOPs "
                        f"(6 x N x tokens)")
-    return "\n".join(out)
+    return out

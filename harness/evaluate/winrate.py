@@ -141,14 +141,7 @@ def length_controlled_winrate(preferences: Sequence[float], lengths_model: Seque
 
     Offline: uses only ``make_dmatrix_for_model`` and ``fit_LogisticRegressionCV`` of alpaca-eval,
     writes no weights file and keeps sklearn's global config unchanged."""
-    p = _clean_preferences(preferences)
-    lm = np.asarray(lengths_model, dtype=np.float64).reshape(-1)
-    lb = np.asarray(lengths_baseline, dtype=np.float64).reshape(-1)
-    if not (len(p) == len(lm) == len(lb)):
-        raise UserError(f"length-controlled win rate: {len(p)} preferences but "
-                        f"{len(lm)} model lengths and {len(lb)} baseline lengths")
-    keep = ~(np.isnan(p) | np.isnan(lm) | np.isnan(lb))
-    p, lm, lb = p[keep], lm[keep], lb[keep]
+    p, lm, lb = _judged(preferences, lengths_model, lengths_baseline)
     n = int(len(p))
     if n < max(min_lc_samples, n_splits):
         return LCFit(math.nan, n=n, note=f"only {n} judged pairs; the length-controlled fit "
@@ -156,34 +149,15 @@ def length_controlled_winrate(preferences: Sequence[float], lengths_model: Seque
     if np.all(p == p[0]):
         return LCFit(math.nan, n=n, note=f"every preference is {p[0]:g}: the outcome does not "
                                           "vary, so no length effect can be fitted")
-
-    import pandas as pd
-    import sklearn
-    glm = _import_alpaca_metrics().glm_winrate
-
     delta = lb - lm  # alpaca-eval: len(output_1 = baseline) - len(output_2 = model)
     sd = float(np.std(delta, ddof=1))  # pandas' Series.std, as alpaca-eval uses
-    df = pd.DataFrame({
-        "preference": p - 1.0,  # soft label in [0, 1]
-        "std_delta_len": delta / sd if sd > 0 else np.zeros(n),
-        "not_gamed_baseline": np.ones(n, dtype=bool),
-    })
-    df_test = pd.DataFrame({"std_delta_len": np.zeros(n), "not_gamed_baseline": np.ones(n, bool)})
+    glm = _import_alpaca_metrics().glm_winrate
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            # fit_LogisticRegressionCV flips sklearn's global metadata routing on; contain it
-            with sklearn.config_context():
-                train, test = glm.make_dmatrix_for_model(df, df_test, formula=LC_FORMULA)
-                model = glm.fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True,
-                                                     n_splits=n_splits)
-                pred = model.predict_proba(test)[:, 1]
+        pred, coefs, C, caught = _fit_glm(glm, p - 1.0, delta / sd if sd > 0 else np.zeros(n), n_splits)
     except ValueError as e:  # e.g. a CV fold sklearn cannot fit; report, never crash
         return LCFit(math.nan, n=n, note=f"length-controlled fit failed: {e}")
     note = _convergence_note(caught)
-    coefs = dict(zip(test.columns, model.coef_[0]))
     w_len = float(coefs["np.tanh(std_delta_len)"])
-    C = float(np.ravel(model.C_)[0])
     if w_len == 0.0 and sd > 0:
         note = "; ".join(x for x in (
             f"collapsed: cross-validation chose C = {C:.3g}, an L1 penalty that sets the "
@@ -198,6 +172,44 @@ def length_controlled_winrate(preferences: Sequence[float], lengths_model: Seque
         note=note,
         length_varies=bool(sd > 0),
     )
+
+
+def _judged(preferences, lengths_model, lengths_baseline) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Preferences and both lengths as float arrays, checked to be equally long, without the
+    pairs where any of the three is NaN (not judged)."""
+    p = _clean_preferences(preferences)
+    lm = np.asarray(lengths_model, dtype=np.float64).reshape(-1)
+    lb = np.asarray(lengths_baseline, dtype=np.float64).reshape(-1)
+    if not (len(p) == len(lm) == len(lb)):
+        raise UserError(f"length-controlled win rate: {len(p)} preferences but "
+                        f"{len(lm)} model lengths and {len(lb)} baseline lengths")
+    keep = ~(np.isnan(p) | np.isnan(lm) | np.isnan(lb))
+    return p[keep], lm[keep], lb[keep]
+
+
+def _fit_glm(glm, soft_labels: np.ndarray, std_delta_len: np.ndarray, n_splits: int):
+    """alpaca-eval's GLM (``glm``: its ``glm_winrate`` module) fitted on soft labels in [0, 1]
+    and standardized length differences: (the predicted win probability at zero length
+    difference, per prompt; the coefficients by column; the chosen C; the warnings caught). Raises ValueError when sklearn cannot fit."""
+    import pandas as pd
+    import sklearn
+
+    n = len(soft_labels)
+    df = pd.DataFrame({
+        "preference": soft_labels,
+        "std_delta_len": std_delta_len,
+        "not_gamed_baseline": np.ones(n, dtype=bool),
+    })
+    df_test = pd.DataFrame({"std_delta_len": np.zeros(n), "not_gamed_baseline": np.ones(n, bool)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # fit_LogisticRegressionCV flips sklearn's global metadata routing on; contain it
+        with sklearn.config_context():
+            train, test = glm.make_dmatrix_for_model(df, df_test, formula=LC_FORMULA)
+            model = glm.fit_LogisticRegressionCV(train, "preference", is_ytrue_proba=True,
+                                                 n_splits=n_splits)
+            pred = model.predict_proba(test)[:, 1]
+    return pred, dict(zip(test.columns, model.coef_[0])), float(np.ravel(model.C_)[0]), caught
 
 
 def _convergence_note(caught) -> str:

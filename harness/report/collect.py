@@ -13,21 +13,7 @@ folders (an earlier version of an edited suite) are named in a note and never ag
 cell marked done whose metrics.json is missing or unreadable counts as ``unreadable``, not as
 a seed.
 
-Sources per cell (see :func:`harness.results.list_cells`):
-
-* ``config.yaml``: identity (model, dataset, method, label, seed, hyperparameters) and
-  ``dataset.label_noise``; preferred over ``metrics.json`` because every cell has it;
-* ``status``: state; for failed cells ``reason``, ``step`` and ``last_metrics`` (a numerical
-  fault records the step and the last finite training metrics);
-* ``metrics.json``: numeric ``"<family>/<name>"`` values, read only for cells whose state is
-  ``done`` (a failed or interrupted cell's partial file is not a result); ``null`` (how a
-  non-finite value is stored) becomes NaN;
-* ``train_log.jsonl``: numeric keys per step, as long-form curves (any state, so a diverging
-  run's curve up to the fault is visible); ``eval_log.jsonl`` (``train.eval_every``) the same way;
-* ``token_importance.json`` (TI-DPO cells): ``{"examples": [{"pair", "side", "tokens",
-  "weights"}]}``;
-* provenance: ``env.json``'s ``git_commit``, ``git_dirty`` and ``git_dirty_files`` (the code a
-  cell ran), and ``config.yaml``'s ``smoke`` flag (``run --smoke``) and ``sft.per_seed``.
+How one cell's files are read: :mod:`harness.report.cells`.
 """
 from __future__ import annotations
 
@@ -35,30 +21,30 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from harness import paths
 from harness.errors import UserError
-from harness.results import CorruptFileError, list_cells, read_json, read_jsonl, read_yaml
-from harness.results.evaluated import read_evaluated
+from harness.results import CorruptFileError, list_cells, read_yaml
 from harness.results.layout import has_cells, read_plan
 from harness.schema import BASE_METHOD, SFT_METHOD
+
+from .cells import TOKEN_IMPORTANCE_FILE, get_in, read_cells
 
 __all__ = ["Collected", "collect", "find_suites", "resolve_baseline", "read_reported",
            "ID_COLUMNS", "TOKEN_IMPORTANCE_FILE", "REPORTED_FILE", "PROVENANCE_COLUMNS"]
 
 ID_COLUMNS = ["cell_id", "state", "model", "dataset", "method", "label", "seed", "label_noise",
               "data_key"]
-TOKEN_IMPORTANCE_FILE = "token_importance.json"
-EVAL_LOG = "eval_log.jsonl"
 REPORTED_FILE = "reported.csv"
 PROVENANCE_COLUMNS = ["git_commit", "git_dirty", "git_dirty_files", "smoke", "sft_per_seed"]
 # a tuned suite's cells (config.yaml ``tuning``): role "trial" (dev) / "final" / "cell", the
 # method entry, and the searched values (JSON)
 TUNING_COLUMNS = ["role", "entry", "point"]
+CURVE_COLUMNS = ["cell_id", "model", "dataset", "method", "label", "seed", "label_noise",
+                 "step", "metric", "value"]
 STATE_ORDER = ["done", "failed", "running", "pending", "new", "unreadable", "superseded"]
 
 
@@ -113,23 +99,6 @@ def find_suites(root: Path) -> list[Path]:
             if d.is_dir() and not d.name.startswith((".", "_")) and has_cells(d)]
 
 
-def _num(v: Any) -> float | None:
-    """A metric value as float; None for non-numbers (strings, dicts, bools)."""
-    if v is None:
-        return math.nan
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v)
-
-
-def _get(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(k)
-    return d
-
-
 def _read_suite_yaml(suite_dir: Path, notes: list[str]) -> dict:
     path = suite_dir / "suite.yaml"
     try:
@@ -173,7 +142,7 @@ def resolve_baseline(requested: str | None, cells: pd.DataFrame, suite_yaml: dic
     labels = list(dict.fromkeys(cells["label"]))
     explicit = requested is not None
     if not explicit:
-        requested = _get(suite_yaml, "report", "baseline")
+        requested = get_in(suite_yaml, "report", "baseline")
         if not isinstance(requested, str):
             requested = "dpo"
     if requested in labels:
@@ -227,157 +196,6 @@ def read_reported(path: Path) -> pd.DataFrame:
     return out
 
 
-def _read_token_importance(path: Path, notes: list[str]) -> list[dict] | None:
-    try:
-        data = read_json(path)
-    except (CorruptFileError, OSError) as e:
-        notes.append(f"{path}: unreadable ({e}); no token-importance figure for it.")
-        return None
-    ex = data.get("examples") if isinstance(data, dict) else None
-    good = []
-    for e in ex if isinstance(ex, list) else []:
-        if (isinstance(e, dict) and isinstance(e.get("tokens"), list)
-                and isinstance(e.get("weights"), list) and len(e["tokens"]) == len(e["weights"])
-                and e["tokens"]):
-            good.append(e)
-    if not good:
-        notes.append(f"{path}: no usable example (each needs 'tokens' and 'weights' of the same "
-                     "length); no token-importance figure for it.")
-        return None
-    return good
-
-
-def _cell_row(entry: dict, notes: list[str]) -> tuple[dict, dict[str, float]]:
-    cfg = entry.get("config") or {}
-    status = entry.get("status") or {}
-    d = Path(entry["dir"])
-    metrics: dict[str, Any] = {}
-    broken = None   # a done cell without a usable metrics.json is no result: not a seed
-    if entry["state"] == "done" and entry["has_metrics"]:
-        try:
-            loaded = read_json(d / "metrics.json")
-            metrics = loaded if isinstance(loaded, dict) else {}
-            broken = None if isinstance(loaded, dict) else "metrics.json is not a JSON object"
-            metrics.update(read_evaluated(d))  # `harness eval` after the run: eval/<task>.json
-        except (CorruptFileError, OSError) as e:
-            broken = "metrics.json is unreadable"
-            notes.append(f"{d / 'metrics.json'}: unreadable ({e}); the cell is left out of the "
-                         "tables. Rerun the suite to make it again.")
-    elif entry["state"] == "done":
-        broken = "metrics.json is missing"
-        notes.append(f"{d}: state done but no metrics.json; the cell is left out of the tables. "
-                     "Rerun the suite to make it again.")
-    if broken:
-        entry = {**entry, "state": "unreadable", "status": {**status, "reason": broken}}
-        status = entry["status"]
-    if entry.get("error"):
-        notes.append(f"{d}: {entry['error']}")
-
-    def ident(cfg_path: tuple[str, ...], key: str):
-        v = _get(cfg, *cfg_path)
-        return v if v is not None else metrics.get(key)
-
-    noise = _get(cfg, "dataset", "label_noise")
-    seed = ident(("seed",), "seed")
-    hp = _get(cfg, "method", "hparams")
-    if hp is None:
-        hp = metrics.get("hparams") or {}
-    row = {
-        "cell_id": entry["cell_id"], "state": entry["state"],
-        "model": str(ident(("model", "name"), "model") or "?"),
-        "dataset": str(ident(("dataset", "name"), "dataset") or "?"),
-        "method": str(ident(("method", "name"), "method") or "?"),
-        "label": str(ident(("method", "label"), "label") or ident(("method", "name"), "method") or "?"),
-        "seed": int(seed) if isinstance(seed, (int, float)) and not isinstance(seed, bool) else -1,
-        "label_noise": float(noise) if isinstance(noise, (int, float)) else 0.0,
-        # the data set's config without its name and noise rate: data sets sharing it differ
-        # only in label noise (the accuracy-vs-noise figure draws them as one line)
-        "data_key": json.dumps({k: v for k, v in (_get(cfg, "dataset") or {}).items()
-                                if k not in ("name", "label_noise")}, sort_keys=True, default=str),
-        "hparams": json.dumps(hp, sort_keys=True, default=str),
-        "reason": status.get("reason") if entry["state"] != "done" else None,
-        "fault_step": status.get("step") if entry["state"] == "failed" else None,
-        "last_metrics": status.get("last_metrics") if entry["state"] == "failed" else None,
-        "updated": str(status.get("updated") or ""),
-        "data_note": _data_drop_note(metrics),  # not a column: collected into the report's notes
-    }
-    row.update(_provenance(d, cfg))
-    tuning = _get(cfg, "tuning") if isinstance(_get(cfg, "tuning"), dict) else {}
-    row.update(role=str(tuning.get("role") or "cell"), entry=str(tuning.get("entry") or row["label"]),
-               point=json.dumps(tuning.get("point") or {}, sort_keys=True, default=str))
-    values = {}
-    for k, v in metrics.items():
-        if "/" not in k or k.startswith("_"):
-            continue
-        x = _num(v)
-        if x is not None:
-            values[k] = x
-    return row, values
-
-
-def _provenance(d: Path, cfg: dict) -> dict:
-    """The code and kind of run behind a cell: env.json's git fields (None when absent or
-    unreadable), the config's smoke flag and whether its SFT stage was trained per seed."""
-    env: Any = None
-    if (d / "env.json").is_file():
-        try:
-            env = read_json(d / "env.json")
-        except (CorruptFileError, OSError):
-            env = None
-    env = env if isinstance(env, dict) else {}
-    commit = env.get("git_commit")
-    dirty = env.get("git_dirty")
-    files = env.get("git_dirty_files")
-    sft = _get(cfg, "sft")
-    return {
-        "git_commit": str(commit) if commit else None,
-        "git_dirty": bool(dirty) if isinstance(dirty, bool) else None,
-        "git_dirty_files": json.dumps(sorted(map(str, files))) if isinstance(files, list) else "[]",
-        "smoke": cfg.get("smoke") is True,
-        "sft_per_seed": bool(isinstance(sft, dict) and sft.get("enabled", True)
-                             and sft.get("per_seed") is True),
-    }
-
-
-def _data_drop_note(metrics: dict) -> str | None:
-    """A line for the report when the cell's data lost rows (bad rows dropped by
-    ``on_bad_rows: drop``) or pairs (dropped by tokenization), else None."""
-    ds, tk = metrics.get("data/stats"), metrics.get("data/tokenization")
-    ds, tk = ds if isinstance(ds, dict) else {}, tk if isinstance(tk, dict) else {}
-    bad, cut = ds.get("dropped_total") or 0, tk.get("dropped") or 0
-    if not bad and not cut:
-        return None
-    why = ", ".join(f"{k} {v}" for k, v in sorted((ds.get("dropped") or {}).items()))
-    return (f"data set {metrics.get('dataset')!r}: {bad} of {ds.get('rows_read', '?')} rows dropped as bad"
-            f"{' (' + why + ')' if why else ''}; tokenization dropped {cut} of {tk.get('input', '?')} "
-            f"training pairs (prompt filling max_length)")
-
-
-def _curves(entry: dict, row: dict, notes: list[str], log: str = "train_log.jsonl") -> list[dict]:
-    path = Path(entry["dir"]) / log
-    if not path.is_file():
-        return []
-    try:
-        recs = read_jsonl(path)
-    except (CorruptFileError, OSError) as e:
-        notes.append(f"{path}: unreadable ({e}); no {'training' if log.startswith('train') else 'held-out'} "
-                     f"curve for this cell.")
-        return []
-    out = []
-    keys = {k: row[k] for k in ("cell_id", "model", "dataset", "method", "label", "seed",
-                                 "label_noise")}
-    for r in recs:
-        if not isinstance(r, dict) or not isinstance(r.get("step"), (int, float)):
-            continue
-        for k in sorted(r):
-            if k == "step":
-                continue
-            x = _num(r[k])
-            if x is not None:
-                out.append({**keys, "step": int(r["step"]), "metric": k, "value": x})
-    return out
-
-
 def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
     """Read one suite's results folder (``results/<suite>``). Raises UserError when it holds
     no cell."""
@@ -389,19 +207,7 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
                         "or metrics.json). Point `harness report` at results/<suite> as written "
                         "by `python -m harness run SUITE.yaml`.")
     suite_yaml = _read_suite_yaml(suite_dir, notes)
-    rows, values, curves, evals = [], [], [], []
-    ti: dict[str, list[dict]] = {}
-    for entry in entries:
-        row, vals = _cell_row(entry, notes)
-        rows.append(row)
-        values.append(vals)
-        curves.extend(_curves(entry, row, notes))
-        evals.extend(_curves(entry, row, notes, EVAL_LOG))
-        p = Path(entry["dir"]) / TOKEN_IMPORTANCE_FILE
-        if p.is_file():
-            ex = _read_token_importance(p, notes)
-            if ex is not None:
-                ti[row["cell_id"]] = ex
+    rows, values, curves, evals, ti = read_cells(entries, notes)
     notes.extend(sorted({r["data_note"] for r in rows if r.get("data_note")}))
     metric_cols = sorted({k for v in values for k in v})
     cells = pd.DataFrame(rows, columns=ID_COLUMNS + ["hparams", "reason", "fault_step",
@@ -415,30 +221,19 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
     trials = cells[is_trial].reset_index(drop=True)
     cells = cells[~is_trial].reset_index(drop=True)
     _supersede(cells)
-    curve_cols = ["cell_id", "model", "dataset", "method", "label", "seed", "label_noise",
-                  "step", "metric", "value"]
-    trial_ids = set(trials["cell_id"])  # a tuned suite's trials: in the tuning tables only
-    curves_df = pd.DataFrame([c for c in curves if c["cell_id"] not in trial_ids], columns=curve_cols)
-    evals_df = pd.DataFrame([c for c in evals if c["cell_id"] not in trial_ids], columns=curve_cols)
-    name = suite_yaml.get("name") if isinstance(suite_yaml.get("name"), str) else None
-    if name is None:
-        names = {str(_get(e.get("config"), "suite")) for e in entries if _get(e.get("config"), "suite")}
-        name = sorted(names)[0] if len(names) == 1 else suite_dir.name
-    main = _get(suite_yaml, "report", "metrics")
+    trial_ids = set(trials["cell_id"])
+    curves_df = pd.DataFrame([c for c in curves if c["cell_id"] not in trial_ids], columns=CURVE_COLUMNS)
+    evals_df = pd.DataFrame([c for c in evals if c["cell_id"] not in trial_ids], columns=CURVE_COLUMNS)
+    name = _suite_name(suite_dir, suite_yaml, entries)
+    main = get_in(suite_yaml, "report", "metrics")
     main = [m for m in main if isinstance(m, str)] if isinstance(main, list) and main else None
     reported = None
     if (suite_dir / REPORTED_FILE).is_file():
         reported = read_reported(suite_dir / REPORTED_FILE)
     baseline = resolve_baseline(baseline, cells, suite_yaml, notes)
-    # paths relative to the results folder: the report must not change when the folder moves
-    prefixes = sorted({str(suite_dir) + "/", str(suite_dir.resolve()) + "/"}, key=len,
-                      reverse=True)
-    for i, n in enumerate(notes):
-        for pre in prefixes:
-            n = n.replace(pre, "")
-        notes[i] = " ".join(n.split())  # one line each (YAML errors span several)
+    _relative_notes(notes, suite_dir)
     smoke = bool(cells["smoke"].any())
-    cfg_suites = {str(_get(e.get("config"), "suite")) for e in entries}
+    cfg_suites = {str(get_in(e.get("config"), "suite")) for e in entries}
     inferred = not smoke and any(x.endswith("-smoke") for x in cfg_suites | {name})
     return Collected(
         suite=name, suite_dir=suite_dir, cells=cells, curves=curves_df, eval_curves=evals_df,
@@ -446,6 +241,25 @@ def collect(suite_dir: str | Path, baseline: str | None = None) -> Collected:
         baseline=baseline, main_metrics=main,
         token_importance=ti, reported=reported, notes=notes, smoke=smoke or inferred,
         smoke_inferred=inferred, trials=trials)
+
+
+def _suite_name(suite_dir: Path, suite_yaml: dict, entries: list[dict]) -> str:
+    """suite.yaml's name, else the one suite name all cells' configs give, else the folder's."""
+    name = suite_yaml.get("name") if isinstance(suite_yaml.get("name"), str) else None
+    if name is None:
+        names = {str(get_in(e.get("config"), "suite")) for e in entries if get_in(e.get("config"), "suite")}
+        name = sorted(names)[0] if len(names) == 1 else suite_dir.name
+    return name
+
+
+def _relative_notes(notes: list[str], suite_dir: Path) -> None:
+    """Notes in place with paths relative to the results folder (the report must not change
+    when the folder moves), one line each (YAML errors span several)."""
+    prefixes = sorted({str(suite_dir) + "/", str(suite_dir.resolve()) + "/"}, key=len, reverse=True)
+    for i, n in enumerate(notes):
+        for pre in prefixes:
+            n = n.replace(pre, "")
+        notes[i] = " ".join(n.split())
 
 
 def _plan_members(suite_dir: Path, entries: list[dict], notes: list[str]) -> list[dict]:
