@@ -211,7 +211,8 @@ def _run_locked(suite_dir: Path, kind: str, job_id: str, folder: Path, deps: lis
     t0 = time.time()
     guard = LockGuard(lock)
     try:
-        with reporting(folder, "sampling" if kind == "onpolicy" else "set-up"):  # progress.json
+        with reporting(folder, "sampling" if kind == "onpolicy" else "set-up",  # progress.json
+                       may_write=lock.verify):
             out = _stage_runner(kind)(suite_dir, folder, guard)
         lock.ensure_held()
     except LockLostError as e:

@@ -284,3 +284,22 @@ def test_a_tiny_suite_shows_each_jobs_stage_and_steps(launcher, tmp_path, monkey
     assert not list((tmp_path / "r" / "prog").rglob(P.PROGRESS_FILE))  # done jobs leave no progress file
     rc, out, err = cli("status", tmp_path / "r" / "prog")
     assert rc == 0 and out.splitlines()[-1] == "2 jobs: 2 done", out
+
+
+def test_a_job_that_may_no_longer_write_writes_and_removes_nothing(tmp_path):
+    """A process that lost its job's lock must not touch the folder: once ``may_write`` says no,
+    no step, stage or final write happens and the file is not removed (the recovery test checks
+    the same end to end with a real stolen lock)."""
+    allowed = [True]
+    clock = [0.0]
+    prog = P.JobProgress(tmp_path, min_interval=0.0, clock=lambda: clock[0], may_write=lambda: allowed[0])
+    prog.stage("training", 10, unit="steps")
+    first = (tmp_path / "progress.json").read_text()
+    allowed[0] = False
+    clock[0] = 5.0
+    prog.at(3)
+    prog.stage("evaluation:accuracy", 4)
+    prog.finish(keep=True)
+    assert (tmp_path / "progress.json").read_text() == first
+    prog.finish(keep=False)
+    assert (tmp_path / "progress.json").read_text() == first

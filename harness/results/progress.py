@@ -37,7 +37,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 PROGRESS_FILE = "progress.json"
 MIN_INTERVAL_S = 2.0
@@ -48,8 +48,12 @@ T = TypeVar("T")
 class JobProgress:
     """The progress of one job, written to ``<folder>/progress.json`` (see the module doc)."""
 
-    def __init__(self, folder: str | os.PathLike | None, min_interval: float | None = None, clock=time.time):
+    def __init__(self, folder: str | os.PathLike | None, min_interval: float | None = None, clock=time.time,
+                 may_write: Callable[[], bool] | None = None):
         self.path = Path(folder) / PROGRESS_FILE if folder is not None else None
+        # ``may_write``: asked before each write (e.g. the job's lock still ours: a process that
+        # lost its lock writes nothing more in the folder); once it says no, nothing is written.
+        self._may_write = may_write
         self.min_interval = MIN_INTERVAL_S if min_interval is None else min_interval
         self._clock = clock
         self.writes = 0                       # how many times the file was written (tests)
@@ -118,7 +122,7 @@ class JobProgress:
         if keep:
             self.rec["active"] = False
             self._write(force=True)
-        else:
+        elif self._may_write is None or self._may_write():
             with contextlib.suppress(OSError):
                 self.path.unlink()
 
@@ -128,6 +132,9 @@ class JobProgress:
         if self.path is None or (not force and now - self._last_write < self.min_interval):
             return
         self._last_write = now
+        if self._may_write is not None and not self._may_write():
+            self.path = None
+            return
         tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             tmp.write_text(json.dumps(self.rec, allow_nan=False))
