@@ -171,8 +171,9 @@ def _stat_table(name: str, title: str, col: Collected, summ: Summary, metrics: l
         else:
             flags = {m: [False] * len(labels) for m in metrics}
         n_bold += sum(any(f) for f in flags.values())
+        n_runs = cells["label"].value_counts()
         for i, lab in enumerate(labels):
-            seeds = int((cells["label"] == lab).sum())
+            seeds = int(n_runs.get(lab, 0))
             r = ([group[0], group[1]] if show_group else []) + [lab, str(seeds)]
             b = [False] * nlab
             for m in metrics:
