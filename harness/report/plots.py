@@ -67,6 +67,10 @@ def _rc() -> dict:
         "svg.hashsalt": "harness-report", "text.parse_math": False,
         "axes.formatter.useoffset": False, "figure.max_open_warning": 0,
         "image.cmap": "viridis",
+        # titles at the top of their axes, where matplotlib's automatic placement puts them
+        # when no tick labels are on top (none of these figures has any); fixing it skips a
+        # measurement of every axis's tick labels per title (a third of the drawing time)
+        "axes.titley": 1.0,
     })
     return rc
 

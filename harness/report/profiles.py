@@ -74,12 +74,24 @@ def stratified_ci(strata: list[np.ndarray], statistic) -> tuple[float, float, fl
     return point, float(ci.low), float(ci.high)
 
 
-def _strata(summ: Summary, label: str, metric: str) -> dict[tuple, np.ndarray]:
+def _task_rows(summ: Summary) -> dict[tuple, np.ndarray]:
+    """(model, dataset, label) -> positions of its runs in ``summ.values``, in row order."""
     v = summ.values
+    return {k: np.asarray(rows) for k, rows in
+            v.groupby(["model", "dataset", "label"], sort=False).indices.items()}
+
+
+def _strata(summ: Summary, label: str, metric: str,
+            rows: dict[tuple, np.ndarray] | None = None) -> dict[tuple, np.ndarray]:
+    """Per task (model, dataset) the values of ``label``'s runs (NaN left out). ``rows``:
+    :func:`_task_rows` of ``summ``, made once by callers that ask many times."""
+    rows = _task_rows(summ) if rows is None else rows
+    values = summ.values[metric].to_numpy(dtype=np.float64)
     out = {}
     for g in summ.groups:
-        x = v[(v["model"] == g[0]) & (v["dataset"] == g[1]) & (v["label"] == label)][metric]
-        x = x.dropna().to_numpy(dtype=np.float64)
+        at = rows.get((g[0], g[1], label))
+        x = values[at] if at is not None else values[:0]
+        x = x[~np.isnan(x)]
         if len(x):
             out[g] = x
     return out
@@ -121,9 +133,10 @@ def aggregate_table(col: Collected, summ: Summary) -> Table | None:
         return None
     labels = [lab for lab in col.labels if lab in set(summ.values["label"])]
     rows, records = [], []
+    at = _task_rows(summ)
     for lab in labels:
         for m in summ.main:
-            st = _strata(summ, lab, m)
+            st = _strata(summ, lab, m, at)
             if len(st) < 2:
                 continue
             sp = spec(m)
@@ -131,7 +144,7 @@ def aggregate_table(col: Collected, summ: Summary) -> Table | None:
             mn = stratified_ci(list(st.values()), _mean)
             poi = (math.nan, math.nan, math.nan)
             if col.baseline is not None and lab != col.baseline:
-                base = _strata(summ, col.baseline, m)
+                base = _strata(summ, col.baseline, m, at)
                 common = [g for g in st if g in base]
                 if common:
                     sgn = -1.0 if direction(m) < 0 else 1.0
@@ -175,6 +188,7 @@ def profile_figure(col: Collected, summ: Summary, colors: dict):
     labels = [lab for lab in col.labels if lab in set(summ.values["label"])]
     rows, ncols = _grid(len(metrics), 3)
     fig, axes = _panels(rows, ncols, 3.2, 2.4)
+    at = _task_rows(summ)
     for i, m in enumerate(metrics):
         ax = axes[i // ncols][i % ncols]
         allv = summ.values[m].dropna().to_numpy(dtype=np.float64)
@@ -185,7 +199,7 @@ def profile_figure(col: Collected, summ: Summary, colors: dict):
         pad = 0.02 * (hi_t - lo_t) if hi_t > lo_t else 1.0
         taus = np.linspace(lo_t - pad, hi_t + pad, 41)
         for lab in labels:
-            st = list(_strata(summ, lab, m).values())
+            st = list(_strata(summ, lab, m, at).values())
             if len(st) < 2:
                 continue
             y, a, b = performance_profile(st, taus)

@@ -29,6 +29,16 @@ simulation at n = 2, 3, 5 and 10):
 
 NaN values (a metric missing for a run) are dropped before any statistic; ``n`` counts what is
 left.
+
+Two forms of each statistic: :func:`summarize` / :func:`paired_test` take one sample and call
+scipy once each (the readable reference), :func:`summarize_table` / :func:`paired_table` take a
+table of samples (one per row, NaN where a seed is missing) and compute every row at once with
+numpy, grouping rows by their count of values; the report uses the tables (a report over 1,000
+cells makes about 2,400 comparisons, and scipy's per-call overhead made them a third of its time).
+The two forms give the same numbers bit for bit (``tests/test_stats_table.py`` checks it on
+random tables with missing seeds, ties, constant rows and n = 1, 2): the table form sums, in the
+same order, the same sign-flipped values that ``scipy.stats.permutation_test`` sums, and uses
+its tolerance for ties.
 """
 from __future__ import annotations
 
@@ -43,13 +53,14 @@ from scipy import stats
 
 from harness.errors import UserError
 
+from .power import ALPHA, POWER, mde, t_power
+
 __all__ = ["summarize", "t_interval", "paired_test", "signflip_test", "adjust", "holm", "mde",
-           "aggregate", "t_power", "paired_p", "verdicts", "AGGREGATE_COLUMNS", "CONFIDENCE",
-           "ALPHA", "POWER", "CORRECTIONS"]
+           "aggregate", "t_power", "paired_p", "verdicts", "summarize_table", "paired_table",
+           "paired_p_rows", "signflip_rows", "AGGREGATE_COLUMNS", "CONFIDENCE", "ALPHA", "POWER",
+           "CORRECTIONS"]
 
 CONFIDENCE = 0.95
-ALPHA = 0.05
-POWER = 0.8
 CORRECTIONS = {"holm": "Holm", "fdr_bh": "Benjamini-Hochberg"}
 _MAX_EXACT = 16  # up to 2^16 sign patterns enumerated exactly
 
@@ -154,6 +165,140 @@ def paired_p(d: np.ndarray) -> np.ndarray:
     return np.asarray(p, dtype=np.float64)
 
 
+# ----------------------------------------------------------------- tables of samples at once
+_EPS_TIES = float(np.finfo(np.float64).eps) * 100  # permutation_test's tolerance for ties
+_CHUNK = 1 << 22  # sign-flip sums held at once (32 MB of float64)
+
+
+def _by_count(valid: np.ndarray) -> dict[int, np.ndarray]:
+    """Row indices of a [k, S] validity mask, grouped by their count of valid entries."""
+    counts = valid.sum(axis=1)
+    return {int(n): np.flatnonzero(counts == n) for n in np.unique(counts)}
+
+
+def _compact(x: np.ndarray, valid: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """The valid entries of ``rows`` (each has ``n``), in column order: a [len(rows), n] array."""
+    return np.ascontiguousarray(x[rows][valid[rows]].reshape(len(rows), n))
+
+
+def _table(x, name: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise UserError(f"{name}: a table is 2-D (one sample per row), got shape {x.shape}")
+    return x
+
+
+def summarize_table(x, *, confidence_level: float = CONFIDENCE) -> dict[str, np.ndarray]:
+    """:func:`summarize` of every row of ``x`` (shape [k, S]; NaN = no value), as arrays of
+    length k under the same keys (``n`` int). Equal to :func:`summarize` row by row, bit for
+    bit: the rows with the same count of values are summarized together."""
+    x = _table(x, "summarize_table")
+    k = x.shape[0]
+    valid = ~np.isnan(x)
+    out = {key: np.full(k, np.nan) for key in ("mean", "std", "se", "ci_low", "ci_high")}
+    out["n"] = valid.sum(axis=1).astype(int)
+    for n, rows in _by_count(valid).items():
+        if n == 0:
+            continue
+        c = _compact(x, valid, rows, n)
+        out["mean"][rows] = c.mean(axis=-1)
+        if n == 1:
+            continue
+        sd = c.std(axis=-1, ddof=1)
+        _, lo, hi = t_interval(c, confidence_level)
+        out["std"][rows], out["se"][rows] = sd, sd / math.sqrt(n)
+        out["ci_low"][rows], out["ci_high"][rows] = lo, hi
+    return out
+
+
+@functools.lru_cache(maxsize=_MAX_EXACT + 1)
+def _sign_patterns(n: int) -> np.ndarray:
+    """All 2^n sign patterns as a [2^n, n] array of +-1, in permutation_test's order."""
+    bits = (np.arange(2 ** n)[:, None] >> np.arange(n - 1, -1, -1)[None, :]) & 1
+    return (1 - 2 * bits).astype(np.float64)
+
+
+def signflip_rows(d) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`signflip_test` of every row of ``d`` (shape [k, n], n >= 2, no NaN): (p, smallest
+    attainable p). The 2^n sign patterns of n <= 16 are enumerated once for all rows; each
+    row's null distribution is the mean of its sign-flipped values summed left to right, as
+    ``scipy.stats.permutation_test`` sums them, with its tolerance for ties (so the same p, bit
+    for bit). Rows with n > 16 or a non-finite value go through :func:`signflip_test`."""
+    d = _table(d, "signflip_rows")
+    k, n = d.shape
+    p = np.full(k, np.nan)
+    p_min = np.full(k, min(1.0, 2.0 / 2 ** n) if n <= _MAX_EXACT else 2.0 / 10000)
+    if n < 2:
+        raise UserError(f"signflip_rows: rows of {n} value(s); a sign-flip test needs 2 or more")
+    finite = np.isfinite(d).all(axis=1) if n <= _MAX_EXACT else np.zeros(k, dtype=bool)
+    for i in np.flatnonzero(~finite):  # random patterns (n > 16) or inf: scipy, row by row
+        p[i], p_min[i] = signflip_test(d[i])
+    zero = finite & np.all(d == 0, axis=1)
+    p[zero] = 1.0
+    todo = np.flatnonzero(finite & ~zero)
+    if not len(todo):
+        return p, p_min
+    signs = _sign_patterns(n)
+    step = max(1, _CHUNK // 2 ** n)
+    for start in range(0, len(todo), step):
+        rows = todo[start:start + step]
+        x = d[rows]
+        observed = x.mean(axis=-1)[:, None]
+        acc = x[:, :1] * signs[None, :, 0]
+        for i in range(1, n):
+            acc = acc + x[:, i:i + 1] * signs[None, :, i]
+        null = acc / n
+        gamma = np.abs(_EPS_TIES * observed)
+        less = np.count_nonzero(null <= observed + gamma, axis=1) / 2 ** n
+        greater = np.count_nonzero(null >= observed - gamma, axis=1) / 2 ** n
+        p[rows] = np.clip(np.minimum(less, greater) * 2, 0.0, 1.0)
+    return p, p_min
+
+
+def paired_table(a, b, *, confidence_level: float = CONFIDENCE) -> dict[str, np.ndarray]:
+    """:func:`paired_test` of every row of ``a`` against the same row of ``b`` (shapes [k, S],
+    column j of both = seed j; a pair with NaN on either side is left out), as arrays of length
+    k under the same keys (``n`` int, ``test`` str). Equal to :func:`paired_test` row by row,
+    bit for bit; the rows with the same number of pairs are tested together."""
+    a, b = _table(a, "paired_table"), _table(b, "paired_table")
+    if a.shape != b.shape:
+        raise UserError(f"paired_table: tables of shapes {a.shape} and {b.shape}; a paired "
+                        "comparison needs one value per seed on both sides")
+    k = a.shape[0]
+    valid = ~(np.isnan(a) | np.isnan(b))
+    d = a - b
+    out = {key: np.full(k, np.nan) for key in ("diff", "sd", "ci_low", "ci_high", "p_value",
+                                                "p_signflip", "p_signflip_min")}
+    out["n"] = valid.sum(axis=1).astype(int)
+    out["test"] = np.full(k, "", dtype=object)
+    for n, rows in _by_count(valid).items():
+        if n == 0:
+            continue
+        c = _compact(d, valid, rows, n)
+        if n == 1:
+            out["diff"][rows] = c.mean(axis=-1)
+            continue
+        s = summarize_table(c, confidence_level=confidence_level)
+        out["diff"][rows], out["sd"][rows] = s["mean"], s["std"]
+        out["ci_low"][rows], out["ci_high"][rows] = s["ci_low"], s["ci_high"]
+        out["p_signflip"][rows], out["p_signflip_min"][rows] = signflip_rows(c)
+        out["p_value"][rows] = paired_p(c)
+        out["test"][rows] = np.where(s["std"] > 0, "paired t", "sign-flip")
+    return out
+
+
+def paired_p_rows(rows: Sequence[Sequence[float]]) -> np.ndarray:
+    """:func:`paired_p` of each of ``rows`` (1-D, no NaN, any lengths >= 2), computed together
+    for the rows of one length."""
+    out = np.full(len(rows), np.nan)
+    by_len: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_len.setdefault(len(r), []).append(i)
+    for n, idx in by_len.items():
+        out[idx] = paired_p(np.array([rows[i] for i in idx], dtype=np.float64).reshape(len(idx), n))
+    return out
+
+
 def verdicts(p_adjusted: Sequence[float], diff: Sequence[float], n_pairs: Sequence[int],
              direction: Sequence[int] | int = 1, *, alpha: float = ALPHA) -> list[str]:
     """The verdict of each comparison: "better" / "worse" (or "higher" / "lower" for a
@@ -206,56 +351,6 @@ def holm(p: np.ndarray) -> np.ndarray:
     return out
 
 
-def mde(sd: float, n: int, *, alpha: float = ALPHA, power: float = POWER) -> float:
-    """Smallest true mean difference a two-sided paired t-test on ``n`` pairs with difference
-    sd ``sd`` detects with probability ``power`` at level ``alpha``. NaN when n < 2 or sd is
-    not positive."""
-    if n < 2 or not (isinstance(sd, (int, float)) and math.isfinite(sd) and sd > 0):
-        return math.nan
-    dz = _detectable_dz(int(n), float(alpha), float(power))
-    return dz * float(sd) if math.isfinite(dz) else math.nan
-
-
-@functools.lru_cache(maxsize=256)
-def _detectable_dz(n: int, alpha: float, power: float) -> float:
-    """The standardized effect d_z with ``t_power(d_z, n, alpha) == power`` (root of a
-    monotone function, bracketed by doubling)."""
-    from scipy.optimize import brentq
-
-    def gap(dz: float) -> float:
-        return t_power(dz, n, alpha) - power
-
-    hi = 1.0
-    while gap(hi) < 0:
-        hi *= 4
-        if hi > 1e9:
-            return math.nan
-    return float(brentq(gap, 0.0, hi, xtol=1e-12, rtol=1e-10))
-
-
-def t_power(dz: float, n: int, alpha: float = ALPHA) -> float:
-    """Power of the two-sided one-sample (paired) t-test on ``n`` values at level ``alpha``
-    when the true mean is ``dz`` standard deviations from 0 (``statsmodels``' noncentral-t
-    power). Where scipy's noncentral t returns NaN (large noncentrality at 1-2 degrees of
-    freedom) the same probability is integrated over the chi-square law of the sample
-    variance: ``E_V[Φ(δ - c·sqrt(V/df)) + Φ(-δ - c·sqrt(V/df))]``, ``δ = dz·sqrt(n)``."""
-    from statsmodels.stats.power import TTestPower
-
-    p = float(TTestPower().power(effect_size=dz, nobs=n, alpha=alpha, alternative="two-sided"))
-    if math.isfinite(p):
-        return p
-    from scipy.integrate import quad
-
-    df, delta = n - 1, dz * math.sqrt(n)
-    c = float(stats.t.isf(alpha / 2, df))
-
-    def integrand(v: float) -> float:
-        s = c * math.sqrt(v / df)
-        return (stats.norm.cdf(delta - s) + stats.norm.cdf(-delta - s)) * stats.chi2.pdf(v, df)
-
-    return float(quad(integrand, 0, np.inf, limit=200)[0])
-
-
 AGGREGATE_COLUMNS = ["metric", "n", "mean", "std", "se", "ci_low", "ci_high", "baseline",
                      "n_pairs", "diff", "diff_sd", "diff_ci_low", "diff_ci_high", "p_value",
                      "test", "p_signflip", "p_signflip_min"]
@@ -299,31 +394,67 @@ def aggregate(df: pd.DataFrame, group_cols: Sequence[str], metric_cols: Sequence
     _check_frame(df, group_cols, metric_cols, pair_col, baseline, label_col)
     groups = {(k if isinstance(k, tuple) else (k,)): g.set_index(pair_col)
               for k, g in df.groupby(group_cols, sort=True, dropna=False)}
+    keys, n_m = list(groups), len(metric_cols)
+    vals = {key: np.array([g[m].to_numpy(dtype=np.float64) for m in metric_cols],
+                          dtype=np.float64).reshape(n_m, len(g)).T for key, g in groups.items()}
+    # one table row per (group, metric), in that order: the group's values in its row order
+    width = max((len(v) for v in vals.values()), default=0)
+    own = np.full((len(keys) * n_m, width), np.nan)
+    for gi, key in enumerate(keys):
+        own[gi * n_m:(gi + 1) * n_m, :len(vals[key])] = vals[key].T
+    summ = summarize_table(own, confidence_level=confidence_level)
+    pairs = _baseline_pairs(groups, vals, group_cols, baseline, label_col, n_m)
+    test = None
+    if pairs:
+        at = np.concatenate([np.arange(gi * n_m, (gi + 1) * n_m) for gi in pairs])
+        width = max(len(ab[0]) for ab in pairs.values())
+        a, b = np.full((len(at), width), np.nan), np.full((len(at), width), np.nan)
+        for j, (x, y) in enumerate(pairs.values()):
+            a[j * n_m:(j + 1) * n_m, :len(x)], b[j * n_m:(j + 1) * n_m, :len(y)] = x.T, y.T
+        test = paired_table(a, b, confidence_level=confidence_level)
+        where = {int(r): j for j, r in enumerate(at)}
     rows = []
-    for key, g in groups.items():
+    for gi, key in enumerate(keys):
         labels = dict(zip(group_cols, key))
-        base = None
-        if baseline is not None and labels[label_col] != baseline:
-            base = groups.get(tuple(baseline if c == label_col else labels[c] for c in group_cols))
-        for metric in metric_cols:
-            s = summarize(g[metric].to_numpy(dtype=np.float64), confidence_level=confidence_level)
-            row = {**labels, "metric": metric, **s, "baseline": baseline, "n_pairs": 0,
-                   "diff": math.nan, "diff_sd": math.nan, "diff_ci_low": math.nan,
-                   "diff_ci_high": math.nan, "p_value": math.nan, "test": "",
-                   "p_signflip": math.nan, "p_signflip_min": math.nan}
-            if base is not None:
-                a, b = g[metric], base[metric]
-                seeds = a.dropna().index.intersection(b.dropna().index).sort_values()
-                if len(seeds):
-                    t = paired_test(a.loc[seeds].to_numpy(dtype=np.float64),
-                                    b.loc[seeds].to_numpy(dtype=np.float64),
-                                    confidence_level=confidence_level)
-                    row.update(n_pairs=t["n"], diff=t["diff"], diff_sd=t["sd"],
-                               diff_ci_low=t["ci_low"], diff_ci_high=t["ci_high"],
-                               p_value=t["p_value"], test=t["test"],
-                               p_signflip=t["p_signflip"], p_signflip_min=t["p_signflip_min"])
+        for mi, metric in enumerate(metric_cols):
+            r = gi * n_m + mi
+            row = {**labels, "metric": metric, **{c: summ[c][r].item() for c in _SUMMARY},
+                   "baseline": baseline, "n_pairs": 0, "diff": math.nan, "diff_sd": math.nan,
+                   "diff_ci_low": math.nan, "diff_ci_high": math.nan, "p_value": math.nan,
+                   "test": "", "p_signflip": math.nan, "p_signflip_min": math.nan}
+            j = where.get(r) if test is not None else None
+            if j is not None and test["n"][j] > 0:  # seeds with a value on both sides
+                row.update({out: test[c][j].item() if c != "test" else test[c][j]
+                            for out, c in _PAIRED.items()})
             rows.append(row)
     out = pd.DataFrame(rows, columns=group_cols + AGGREGATE_COLUMNS)
     out["n"] = out["n"].astype(int)
     out["n_pairs"] = out["n_pairs"].astype(int)
     return out.reset_index(drop=True)
+
+
+_SUMMARY = ("mean", "std", "se", "n", "ci_low", "ci_high")
+_PAIRED = {"n_pairs": "n", "diff": "diff", "diff_sd": "sd", "diff_ci_low": "ci_low",
+           "diff_ci_high": "ci_high", "p_value": "p_value", "test": "test",
+           "p_signflip": "p_signflip", "p_signflip_min": "p_signflip_min"}
+
+
+def _baseline_pairs(groups: dict, vals: dict, group_cols: list, baseline, label_col: str,
+                    n_m: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Group position -> (its values, its baseline's) on the seeds both have, sorted by seed
+    (arrays [seeds, metrics]), for every group that has a baseline group."""
+    if baseline is None:
+        return {}
+    out = {}
+    for gi, (key, g) in enumerate(groups.items()):
+        labels = dict(zip(group_cols, key))
+        if labels[label_col] == baseline:
+            continue
+        bkey = tuple(baseline if c == label_col else labels[c] for c in group_cols)
+        if bkey not in groups:
+            continue
+        base = groups[bkey]
+        seeds = g.index.intersection(base.index).sort_values()
+        out[gi] = (vals[key][g.index.get_indexer(seeds)].reshape(len(seeds), n_m),
+                   vals[bkey][base.index.get_indexer(seeds)].reshape(len(seeds), n_m))
+    return out

@@ -31,7 +31,7 @@ from .collect import Collected, slug
 from .format import MISSING, Table, fmt_num, fmt_stat
 from .meta_tables import hparams_table, provenance_table, status_tables
 from .reported import reported_table
-from .stats import ALPHA, CORRECTIONS, adjust, mde, paired_p, verdicts
+from .stats import ALPHA, CORRECTIONS, adjust, mde, paired_p_rows, verdicts
 from .summary import GROUP, LC_KEY, Summary, direction, display_name, scale_of, spec
 
 __all__ = ["build_tables", "main_tables", "comparison_tables", "sources_note"]
@@ -72,7 +72,8 @@ def _separated_best(summ: Summary, group, labels: list[str], metrics: list[str])
     """Per metric the row of the best mean and the paired p-values of best vs every other row;
     then Holm over all of them. Returns (bold flags per metric, number of tests)."""
     runs = summ.runs(group)
-    tests, owners = [], []
+    by_label = {lab: g.set_index("seed") for lab, g in runs.groupby("label", sort=False)}
+    diffs, owners = [], []
     best_of: dict[str, int | None] = {}
     for m in metrics:
         sgn = direction(m)
@@ -85,17 +86,19 @@ def _separated_best(summ: Summary, group, labels: list[str], metrics: list[str])
         if sum(1 for i in finite if means[i] == means[top]) > 1:
             continue  # a tie has no best
         best_of[m] = top
-        a = runs[runs["label"] == labels[top]].set_index("seed")[m]
+        a = by_label[labels[top]][m].dropna()
         for i in finite:
             if i == top:
                 continue
-            b = runs[runs["label"] == labels[i]].set_index("seed")[m]
-            seeds = a.dropna().index.intersection(b.dropna().index).sort_values()
-            d = a.loc[seeds].to_numpy(float) - b.loc[seeds].to_numpy(float)
-            # fewer than 2 paired seeds: untestable, so not separated
-            tests.append(float(paired_p(d[None, :])[0]) if len(d) >= 2 else 1.0)
+            b = by_label[labels[i]][m].dropna()
+            seeds = a.index.intersection(b.index).sort_values()
+            diffs.append(a.loc[seeds].to_numpy(float) - b.loc[seeds].to_numpy(float))
             owners.append(m)
-    padj = adjust(tests, CORRECTION) if tests else np.array([])
+    # fewer than 2 paired seeds: untestable, so not separated (p = 1)
+    testable = [i for i, d in enumerate(diffs) if len(d) >= 2]
+    tests = np.ones(len(diffs))
+    tests[testable] = paired_p_rows([diffs[i] for i in testable])
+    padj = adjust(tests, CORRECTION) if len(tests) else np.array([])
     flags = {m: [False] * len(labels) for m in metrics}
     for m in metrics:
         mine = [p for p, o in zip(padj, owners) if o == m]
@@ -168,8 +171,9 @@ def _stat_table(name: str, title: str, col: Collected, summ: Summary, metrics: l
         else:
             flags = {m: [False] * len(labels) for m in metrics}
         n_bold += sum(any(f) for f in flags.values())
+        n_runs = cells["label"].value_counts()
         for i, lab in enumerate(labels):
-            seeds = int((cells["label"] == lab).sum())
+            seeds = int(n_runs.get(lab, 0))
             r = ([group[0], group[1]] if show_group else []) + [lab, str(seeds)]
             b = [False] * nlab
             for m in metrics:
