@@ -21,6 +21,7 @@ EPILOG = """examples:
   python -m harness run SUITE --launcher local --workers 2
   python -m harness run SUITE --launcher slurm             # job arrays through submitit
   python -m harness run SUITE --retry-failed               # rerun failed cells too
+  python -m harness run SUITE --set train.steps=5 --only method=dpo --only seed=0
   python -m harness validate SUITE
   python -m harness report results/quickstart
   python -m harness status results/quickstart             # each job's state, stage, step, ETA
@@ -50,11 +51,13 @@ def parser() -> argparse.ArgumentParser:
                    help="swap models for tiny stand-ins of the same family and benchmarks for local ones")
     r.add_argument("--plugin", action="append", default=[], help="method plugin (.py file or module); repeatable")
     r.add_argument("--no-report", action="store_true", help="don't write the report at the end")
+    _add_suite_edits(r)
     v = sub.add_parser("validate", help="check a suite and print its plan; nothing is written")
     v.add_argument("suite")
     v.add_argument("--results", default="results")
     v.add_argument("--plugin", action="append", default=[])
     v.add_argument("--smoke", action="store_true")
+    _add_suite_edits(v)
     rep = sub.add_parser("report", help="tables, figures and report.html from a results folder")
     rep.add_argument("results_dir", help="results/<suite> (or a results root holding several suites)")
     rep.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
@@ -65,6 +68,16 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["methods", "tasks", "launchers"])
     ls.add_argument("--plugin", action="append", default=[])
     return p
+
+
+def _add_suite_edits(p: argparse.ArgumentParser) -> None:
+    """``--set`` and ``--only`` (harness.config.overrides, harness.config.only)."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="edit a suite key as the file would (e.g. train.steps=5, 'seeds=[0,1]', "
+                        "methods.dpo.hparams.beta=0.2); changes cell ids as that edit would; repeatable")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=V[,V...]",
+                   help="only the cells with these values of method, model, dataset or seed (ids "
+                        "unchanged; stages they need run too); repeat to narrow")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,11 +162,22 @@ def cmd_ls(args) -> int:
 
 # ------------------------------------------------------------------------- validate
 def _load(args, check_hub: bool = True):
-    from . import config
+    """(the checked suite, its plan as ``--only`` selects it)."""
+    loaded, _, plan = _load_plans(args, check_hub)
+    return loaded, plan
 
+
+def _load_plans(args, check_hub: bool = True):
+    """(the checked suite with its ``--set`` edits, its whole plan, the part ``--only`` selects)."""
+    from . import config
+    from .cli_options import check_options
+    from .config.only import parse_only, select
+
+    check_options(args)
+    only = parse_only(getattr(args, "only", []))
     specs = getattr(args, "plugin", [])
     _plugins(specs)
-    loaded = config.load_suite(Path(args.suite))
+    loaded = config.load_suite(Path(args.suite), getattr(args, "set", []))
     if getattr(args, "smoke", False):
         from .smoke import smoke_suite
 
@@ -173,7 +197,7 @@ def _load(args, check_hub: bool = True):
         from .smoke import mark_plan
 
         mark_plan(plan)  # config.yaml says smoke: true; ids are unchanged
-    return loaded, plan
+    return loaded, plan, select(only, plan)
 
 
 def _check_data(loaded, check_hub: bool = True) -> None:
@@ -204,11 +228,16 @@ def _describe(plan, results_root: Path) -> str:
 
 
 def cmd_validate(args) -> int:
+    """Every check ``run`` makes before it writes or trains (``_check_runnable``), then the plan."""
+    from .cli_options import describe_edits
     from .sweep import check_folder_names
 
-    loaded, plan = _load(args)
-    check_folder_names(plan, Path(args.results), str(args.suite))
+    loaded, whole, plan = _load_plans(args)
+    check_folder_names(whole, Path(args.results), str(args.suite))
+    _check_runnable(plan)
     print(f"{args.suite}: valid")
+    for line in describe_edits(args, whole, plan):
+        print(line)
     print(_describe(plan, Path(args.results)))
     print("\n".join(_disk_lines(plan)))
     return 0
@@ -230,13 +259,19 @@ def cmd_run(args) -> int:
     from .launch.describe import describe_launch
     from .sweep import check_folder_names, check_results_root
 
-    loaded, plan = _load(args, check_hub=not args.dry_run)
+    from .cli_options import check_launcher_options, describe_edits, record_whole_plan, suite_text
+
+    loaded, whole, plan = _load_plans(args, check_hub=not args.dry_run)
     suite = loaded.suite
     results_root = Path(args.results)
     suite_dir = results_root / suite.name
-    suite.launcher = config.launcher_overrides(suite.launcher, type=args.launcher, workers=args.workers)
-    check_folder_names(plan, results_root, str(args.suite))
+    suite.launcher = plan.suite.launcher = config.launcher_overrides(suite.launcher, type=args.launcher,
+                                                                     workers=args.workers)
+    check_launcher_options(args, suite.launcher)
+    check_folder_names(whole, results_root, str(args.suite))
     profile = _slurm_profile(suite, loaded, args.smoke)
+    for line in describe_edits(args, whole, plan):
+        print(line)
     if args.dry_run:
         print(_describe(plan, results_root))
         print("\n".join(_disk_lines(plan)))
@@ -248,8 +283,9 @@ def cmd_run(args) -> int:
     _check_written(plan, suite_dir)
     from .runner import materialize
 
-    for note in materialize(plan, suite_dir, Path(loaded.path).read_text() if getattr(loaded, "path", None) else None):
+    for note in materialize(plan, suite_dir, suite_text(loaded)):
         print(f"note: {note}", file=sys.stderr)
+    record_whole_plan(args, whole, plan, suite_dir)
     t0 = time.time()
     items, stop = _run_phase(args, plan, suite_dir, profile,
                              "phase 1 (trials and untuned rows)" if plan.tuned else "")
@@ -257,18 +293,27 @@ def cmd_run(args) -> int:
         from .tuning import finals_plan
 
         finals, sel = finals_plan(plan, suite_dir)
+        finals = _select_finals(args, finals, whole)
         print(f"tuning: settings chosen on dev by {sel.metric} ({suite_dir / '_tuning' / 'selection.json'}):")
         print("\n".join(sel.summary()))
         if finals.cells:
             _check_written(finals, suite_dir)
             for note in materialize(finals, suite_dir, phase1=plan):
                 print(f"note: {note}", file=sys.stderr)
+            record_whole_plan(args, whole, finals, suite_dir)
             more, stop = _run_phase(args, finals, suite_dir, profile, "finals")
             known = {i for _, i, _, _ in items}
             items += [it for it in more if it[1] not in known]
     if plan.tuned:
         print(f"finished in {time.time() - t0:.1f}s (both phases)")
     return _finish(args, suite_dir, items, stop)
+
+
+def _select_finals(args, finals, whole):
+    """A tuned suite's finals as ``--only`` selects them."""
+    from .config.only import parse_only, select
+
+    return select(parse_only(getattr(args, "only", [])), finals, whole=whole)
 
 
 def _check_written(plan, suite_dir: Path) -> None:
@@ -396,24 +441,26 @@ def _check_runnable(plan) -> None:
     """Fail fast (before any training) on what can only fail later: hub-only models or
     benchmarks on an offline machine."""
     from .evaluate.lmeval import check_available
-    from .hub import hub_reachable, offline
+    from .hub import model_problem
 
     ev = plan.suite.eval
     tasks = sorted({t for t in ev.lm_eval_tasks if not t.startswith("embedded")})
     if tasks:
         check_available(tasks, allow_code_execution=ev.allow_code_execution)
-    for m in plan.suite.models:
-        if m.hub and not m.path and (offline() or not hub_reachable()):
-            raise UserError(f"model {m.name!r}: hub id {m.hub!r} cannot be downloaded here (offline). "
-                            f"Give a local `path:`, run on a connected machine, or use `run --smoke` "
-                            f"to exercise the pipeline with tiny stand-ins.")
+    problems = [model_problem(m.name, m.hub, m.gguf_file, m.revision) for m in plan.suite.models
+                if m.hub and not m.path]
+    if any(problems):
+        raise UserError(problems=[p for p in problems if p])
 
 
 # --------------------------------------------------------------------------- report
 def cmd_report(args) -> int:
     from .report import build_report
 
+    from .cli_options import check_report_out
+
     d = Path(args.results_dir)
+    check_report_out(args.out)
     if not d.is_dir():
         raise UserError(f"{d}: no such results folder; give results/<suite> as written by `harness run`")
     out = build_report(d, out_dir=Path(args.out) if args.out else None, baseline=args.baseline)
