@@ -3,7 +3,9 @@
 Keys: ``method`` (a method name, ``dpo``, or a row label, ``DPO (beta=0.1)``), ``model``,
 ``dataset`` and ``seed``. Values of one key are alternatives (``--only method=dpo,simpo``);
 repeating ``--only`` with another key narrows the selection (``--only method=dpo --only
-seed=0``: DPO's cells of seed 0), with the same key it adds values. A filter selects cells,
+seed=0``: DPO's cells of seed 0), with the same key it adds values. A value that is itself a
+name of the suite is one value even with a comma in it (a grid label, ``--only 'method=dpo
+(beta=0.1, label_smoothing=0.1)'``). A filter selects cells,
 never edits them: a selected cell has the id, config and folder it has in the whole plan, so a
 later run without ``--only`` finds it done. The SFT and on-policy sample stages the selected
 cells start from run too; the others do not.
@@ -30,6 +32,7 @@ class Only:
 
     values: dict
     texts: tuple
+    raw: tuple = ()  # (key, the value text as given) per option
 
     def __bool__(self) -> bool:
         return bool(self.values)
@@ -37,15 +40,25 @@ class Only:
     def describe(self) -> str:
         return " ".join(f"--only {t}" for t in self.texts)
 
+    def resolved(self, known: dict[str, list[str]]) -> "Only":
+        """A value text that is itself a name of this suite (a grid label with a comma, ``dpo
+        (beta=0.1, label_smoothing=0.1)``) is one value, not a list."""
+        values: dict[str, list[str]] = {}
+        for key, text in self.raw:
+            vals = [text.strip()] if text.strip() in known[key] else [v.strip() for v in text.split(",") if v.strip()]
+            values.setdefault(key, [])
+            values[key] += [v for v in vals if v not in values[key]]
+        return Only(values, self.texts, self.raw)
+
 
 def parse_only(texts: list[str]) -> Only:
     """The ``--only`` options; raises one ``UserError`` naming each malformed one."""
     values: dict[str, list[str]] = {}
-    problems = []
+    raw, problems = [], []
     for text in texts:
-        key, eq, raw = text.partition("=")
+        key, eq, given = text.partition("=")
         key = key.strip()
-        vals = [v.strip() for v in raw.split(",") if v.strip()]
+        vals = [v.strip() for v in given.split(",") if v.strip()]
         if not eq or not key or not vals:
             problems.append(f"--only {text}: give KEY=VALUE[,VALUE...] with KEY one of {', '.join(KEYS)}, "
                             f"e.g. --only method=dpo,simpo")
@@ -53,11 +66,12 @@ def parse_only(texts: list[str]) -> Only:
             problems.append(f"--only {text}: unknown key {key!r}.{did_you_mean(key, list(KEYS))} "
                             f"Keys: {', '.join(KEYS)}")
         else:
+            raw.append((key, given))
             values.setdefault(key, [])
             values[key] += [v for v in vals if v not in values[key]]
     if problems:
         raise UserError(problems=problems)
-    return Only(values, tuple(texts))
+    return Only(values, tuple(texts), tuple(raw))
 
 
 def _known(plan: Plan) -> dict[str, list[str]]:
@@ -108,6 +122,7 @@ def select(only: Only, plan: Plan, whole: Plan | None = None) -> Plan:
     checked against, when ``plan`` is a tuned suite's finals)."""
     if not only:
         return plan
+    only = only.resolved(_known(whole or plan))
     check_only(only, whole or plan)
     cells = [c for c in plan.cells if matches(only, c)]
     if not cells and whole is None:
