@@ -1,8 +1,12 @@
 """``python -m harness``: run | validate | report | status | eval | ls.
 
+``run`` and ``validate`` take ``--set KEY.PATH=VALUE`` (edits of the suite, checked with it:
+``harness.config.overrides``) and ``--only KEY=V[,V]`` (a part of the plan, ids unchanged:
+``harness.config.only``); every option is checked like a suite key (``harness.cli_options``).
+
 Exit codes (``run``; see harness.sweep): 0 every SFT stage and cell of the plan is done; 1 some
 failed (their folders say why); 2 invalid input (suite, data, arguments, the results folder),
-with a message naming the file, line/row and key, and nothing written; 3 some not done and none
+with a message naming the file, line/row and key (or the option), and nothing written; 3 some not done and none
 failed (held by another run, waiting for an SFT stage, a full disk, stopped by the scheduler);
 130/143 stopped by Ctrl-C/SIGTERM (what was running is marked pending and resumes).
 """
