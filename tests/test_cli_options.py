@@ -8,8 +8,6 @@ trains: runs see cells already marked done.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -17,27 +15,12 @@ import pytest
 
 import methods
 from harness import config
-from harness.cli import main
 from harness.errors import UserError
-from harness.results import write_status
+from test_cli import _done, cli, tree  # the command line in this process, a folder's listing, a done cell
 
 TESTS = Path(__file__).resolve().parent
 GOOD = TESTS / "good_suites"
 PLUGIN = TESTS / "plugins" / "undeclared.py"
-
-
-def cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in args])
-        except SystemExit as e:
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
-
-
-def tree(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*"))
 
 
 def ids(loaded) -> list[str]:
@@ -141,12 +124,6 @@ def test_a_run_with_set_records_the_edited_suite(tmp_path):
 
 
 # -------------------------------------------------------------------------------- --only
-def _done(cell: Path) -> None:
-    cell.mkdir(parents=True, exist_ok=True)
-    (cell / "metrics.json").write_text('{"eval/accuracy": 0.5}')
-    write_status(cell, "done")
-
-
 def test_only_selects_cells_and_their_stages_without_changing_ids(tmp_path):
     plan = config.expand(config.load_suite(GOOD / "grid.yaml"))
     rc, out, err = cli("validate", GOOD / "grid.yaml", "--only", "method=ipo,SFT", "--only", "seed=1",
