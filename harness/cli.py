@@ -296,7 +296,7 @@ def cmd_run(args) -> int:
     if plan.tuned and stop is None:  # phase 2: each method's setting chosen on dev, its finals on test
         from .tuning import finals_plan
 
-        finals, sel = finals_plan(plan, suite_dir)
+        finals, sel = finals_plan(whole, suite_dir)  # every group's choice; --only then selects
         finals = _select_finals(args, finals, whole)
         print(f"tuning: settings chosen on dev by {sel.metric} ({suite_dir / '_tuning' / 'selection.json'}):")
         print("\n".join(sel.summary()))

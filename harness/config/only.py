@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from methods.settings import did_you_mean
 
 from ..errors import UserError
-from .plan import Cell, Plan
+from .plan import Cell, Plan, trains_on
 
 KEYS = ("method", "model", "dataset", "seed")
 
@@ -130,19 +130,24 @@ def select(only: Only, plan: Plan, whole: Plan | None = None) -> Plan:
                         f"{plan.suite.name!r} (each key narrows the selection); `validate` lists them")
     used_sft = {c.sft_stage_id for c in cells}
     used_op = {c.onpolicy_stage_id for c in cells}
+    v, suite = only.values, plan.suite
+    spaces = None if plan.spaces is None else [sp for sp in plan.spaces if "method" not in v or {
+        sp.entry_label, sp.name, *(t.label for t in sp.trials)} & set(v["method"])]
+    data = {d.name: d for d in suite.datasets}
 
-    def wanted(st) -> bool:
-        v = only.values
+    def wanted(st, onpolicy: bool = False) -> bool:
+        """A tuned suite's stage that the selected finals will start from."""
         if not plan.tuned:
+            return False
+        if onpolicy and not any(sp.tuned and trains_on(sp.trials[0], data[st.dataset]) for sp in spaces):
             return False
         return (("model" not in v or st.model in v["model"]) and ("dataset" not in v or st.dataset in v["dataset"])
                 and ("seed" not in v or st.seed is None or str(st.seed) in v["seed"]))
 
-    v, suite = only.values, plan.suite
     # the suite narrowed to the selection: plan listings count it, a tuned suite's finals follow it
     narrowed = replace(suite, models=[m for m in suite.models if m.name in v.get("model", [m.name])],
                        datasets=[d for d in suite.datasets if d.name in v.get("dataset", [d.name])],
                        seeds=[x for x in suite.seeds if str(x) in v.get("seed", [str(x)])])
-    return replace(plan, suite=narrowed, cells=cells,
+    return replace(plan, suite=narrowed, cells=cells, spaces=spaces,
                    sft_stages=[s for s in plan.sft_stages if s.stage_id in used_sft or wanted(s)],
-                   onpolicy_stages=[s for s in plan.onpolicy_stages if s.stage_id in used_op or wanted(s)])
+                   onpolicy_stages=[s for s in plan.onpolicy_stages if s.stage_id in used_op or wanted(s, True)])
