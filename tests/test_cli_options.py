@@ -235,3 +235,18 @@ def test_the_needs_check_passes_every_builtin_and_survives_misbehaving_plugins()
     assert needs_problem(methods.get("exits")) is None  # its loss exits: not a needs problem
     methods.load_plugin(str(PLUGIN))
     assert undeclared_reads(methods.get("weighted-dpo")) == {"token_weights": ["chosen_weights"]}
+
+
+def test_only_on_a_tuned_suite_keeps_trials_and_the_stages_the_selected_finals_need():
+    from harness.config.only import parse_only, select
+
+    plan = config.expand(config.load_suite(TESTS.parent / "suites" / "quickstart.yaml"))
+    part = select(parse_only(["method=DPO", "seed=0"]), plan)
+    assert part.cells and all(c.config["tuning"]["entry"] == "DPO" for c in part.cells)
+    # the trials keep every tuning seed (selection on dev needs them); the seed filter is for finals
+    assert {c.seed for c in part.cells} == set(plan.suite.tuning.seeds)
+    assert [sp.entry_label for sp in part.spaces] == ["DPO"] and part.suite.seeds == [0]
+    # DPO trains on on-policy pairs only on the data sets that say `pairs: onpolicy`
+    onpolicy = {d.name for d in plan.suite.datasets if d.pairs == "onpolicy"}
+    assert {s.dataset for s in part.onpolicy_stages} == onpolicy and all(s.seed == 0 for s in part.onpolicy_stages)
+    assert {c.cell_id for c in part.cells} <= {c.cell_id for c in plan.cells}  # ids unchanged
