@@ -165,12 +165,6 @@ def cmd_ls(args) -> int:
 
 
 # ------------------------------------------------------------------------- validate
-def _load(args, check_hub: bool = True):
-    """(the checked suite, its plan as ``--only`` selects it)."""
-    loaded, _, plan = _load_plans(args, check_hub)
-    return loaded, plan
-
-
 def _load_plans(args, check_hub: bool = True):
     """(the checked suite with its ``--set`` edits, its whole plan, the part ``--only`` selects)."""
     from . import config
