@@ -10,9 +10,10 @@ batch with the undeclared features left out while watching which of them the los
 read that changes the outcome (an error, or other losses or rewards) is a violation; a
 generic read that changes nothing (a loop over the batch's fields) is not.
 
-``harness validate`` and ``run`` check every plugin method this way (the built-in methods are
-checked by ``tests/test_methods_conformance.py``). Importing this module loads no torch; the
-check does.
+``harness validate`` and ``run`` check every plugin method this way, in a child process
+(``needs_problems``: a plugin's loss may exit, hang or kill its process, and the sweep must go
+on); the built-in methods are checked by ``tests/test_methods_conformance.py``. Importing this
+module loads no torch; the check does.
 """
 from __future__ import annotations
 
@@ -120,3 +121,100 @@ def needs_problem(method: PreferenceMethod) -> str | None:
             f"not declare {'it' if len(reads) == 1 else 'them'} in needs ({sorted(method.needs)}); the training "
             f"core computes only declared features, so every cell would fail on a None tensor. Declare "
             f"{'it' if len(reads) == 1 else 'them'}: needs = frozenset({{{fixed}}})")
+
+
+# ------------------------------------------------------------------ in a child process
+CHILD_TIMEOUT_S = 120.0
+_checked: dict[tuple, str | None] = {}  # (class, hparams, plugin file's mtime) -> problem, per process
+
+
+def _source_of(cls: type) -> str:
+    """How a child process loads the module of ``cls``: its file for a plugin file (loaded as
+    ``harness_plugin_*``), else its module name (an importable plugin or an entry point)."""
+    import sys
+
+    mod = sys.modules.get(cls.__module__)
+    path = getattr(mod, "__file__", None)
+    return path if cls.__module__.startswith("harness_plugin_") and path else cls.__module__
+
+
+def needs_problems(entries: list[tuple[type, dict]], timeout: float = CHILD_TIMEOUT_S) -> list[str | None]:
+    """``needs_problem`` of each ``(method class, hyperparameters)``, computed in a child
+    process: a plugin's loss may do anything (exit, hang, kill its own process; a sweep must
+    survive that, and so must ``validate``). A child that dies or runs out of ``timeout``
+    reports nothing for the method it was checking (the cells will show what that loss does) and
+    the methods after it get a new child. Answers are remembered for the rest of this process."""
+    import json
+    import os
+
+    def key(cls, hp):
+        src = _source_of(cls)
+        mtime = os.path.getmtime(src) if os.path.isfile(src) else None
+        return (cls.__module__, cls.__qualname__, json.dumps(hp, sort_keys=True, default=str), src, mtime)
+
+    todo = [(cls, hp) for cls, hp in entries if key(cls, hp) not in _checked]
+    while todo:  # a child that dies on one method: that one has no answer, the rest get a new child
+        answers = _in_child(todo, timeout)
+        if answers is None:  # the child could not even load the plugins: no answers at all
+            answers = [None] * len(todo)
+        for (cls, hp), problem in zip(todo, answers + [None]):
+            _checked[key(cls, hp)] = problem
+        todo = todo[len(answers) + 1:]
+    return [_checked[key(cls, hp)] for cls, hp in entries]
+
+
+def _in_child(todo: list[tuple[type, dict]], timeout: float) -> list | None:
+    """The answers of one child process for ``todo``, in order, as far as it got; None when
+    it did not get as far as loading the plugins."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])  # this project's `methods`, whatever the cwd holds
+    job = {"sources": sorted({_source_of(c) for c, _ in todo}), "methods": [[c.name, hp] for c, hp in todo]}
+    with tempfile.TemporaryDirectory(prefix="needs-check-") as tmp:
+        out = Path(tmp) / "answers.jsonl"
+        code = (f"import sys; sys.path.insert(0, {root!r}); from methods.conformance import _child; "
+                f"_child({json.dumps(job)!r}, {str(out)!r})")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        try:
+            subprocess.run([sys.executable, "-c", code], env=env, timeout=timeout, check=False,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except (subprocess.TimeoutExpired, OSError):
+            pass
+        try:
+            lines = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines() if ln.strip()] \
+                if out.is_file() else []
+        except ValueError:
+            return None
+        return lines[1:len(todo) + 1] if lines[:1] == ["ready"] else None
+
+
+def _child(job_json: str, out_path: str) -> None:
+    """The child's side of ``needs_problems``: load the plugins, check each method and append
+    its answer (a JSON line) to ``out_path`` as soon as it is known, so a loss that kills the
+    process leaves the answers before it."""
+    import json
+
+    import methods
+
+    torch.set_num_threads(1)
+    job = json.loads(job_json)
+    for src in job["sources"]:
+        if src.endswith(".py"):
+            methods.load_plugin(src)
+        else:
+            __import__(src)
+    with open(out_path, "a", encoding="utf-8") as f:
+        f.write(json.dumps("ready") + "\n")
+        f.flush()
+        for name, hp in job["methods"]:
+            try:
+                answer = needs_problem(methods.get(name, **hp))
+            except Exception:  # a method that cannot even be built here: not a needs problem
+                answer = None
+            f.write(json.dumps(answer) + "\n")
+            f.flush()

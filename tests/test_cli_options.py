@@ -237,6 +237,19 @@ def test_the_needs_check_passes_every_builtin_and_survives_misbehaving_plugins()
     assert undeclared_reads(methods.get("weighted-dpo")) == {"token_weights": ["chosen_weights"]}
 
 
+def test_the_needs_check_of_plugins_survives_a_loss_that_kills_its_process():
+    from methods.conformance import needs_problems
+
+    # die-hard SIGKILLs the process that calls its loss: validate and run must survive it (the
+    # check runs in a child), and the methods after it are still checked
+    methods.load_plugin(str(TESTS / "slurm_plugins" / "die_hard.py"))
+    methods.load_plugin(str(PLUGIN))
+    killer, bad, good = (methods.get_class(n) for n in ("die-hard", "weighted-dpo", "tidy-dpo"))
+    got = needs_problems([(killer, {}), (bad, {"beta": 0.3}), (good, {"beta": 0.1})])
+    assert got[0] is None and got[2] is None
+    assert "reads token_weights (chosen_weights)" in got[1] and "'token_weights'" in got[1]
+
+
 def test_only_on_a_tuned_suite_keeps_trials_and_the_stages_the_selected_finals_need():
     from harness.config.only import parse_only, select
 

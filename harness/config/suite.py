@@ -142,8 +142,8 @@ def _check_plugins(suite: Suite, ctx: FileChecker, base_dir: Path) -> None:
 def _check_plugin_needs(variants: list[Variant], ctx: FileChecker) -> None:
     """A plugin method's loss reads only the features it declares (``methods.conformance``:
     the core computes no others, so each cell would fail later on a None tensor). Built-in
-    methods are checked by the tests; only plugins load torch here."""
-    seen: set[str] = set()
+    methods are checked by the tests; plugins are run in a child process, which loads torch."""
+    todo: dict[str, tuple[type, dict, list[int]]] = {}
     for v in variants:
         if v.name in UNTRAINED:
             continue
@@ -151,14 +151,15 @@ def _check_plugin_needs(variants: list[Variant], ctx: FileChecker) -> None:
         if cls.__module__ == "methods" or cls.__module__.startswith("methods."):
             continue
         key = json.dumps([v.name, v.hparams], sort_keys=True, default=str)
-        if key in seen:
-            continue
-        seen.add(key)
-        from methods.conformance import needs_problem
+        todo.setdefault(key, (cls, v.hparams, []))[2].append(v.method_index)
+    if not todo:
+        return
+    from methods.conformance import needs_problems
 
-        problem = needs_problem(methods.get(v.name, **v.hparams))
-        if problem:
-            ctx.add(("methods", v.method_index, "name"), problem)
+    for (cls, _, where), problem in zip(todo.values(), needs_problems([(c, hp) for c, hp, _ in todo.values()])):
+        for i in dict.fromkeys(where):
+            if problem:
+                ctx.add(("methods", i, "name"), problem)
 
 
 def _check_suite_level(suite: Suite, ctx: FileChecker) -> None:
