@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from .cli_options import add_suite_edits, select_finals
+from .cli_options import check_runnable as _check_runnable
 from .errors import UserError
 
 EPILOG = """examples:
@@ -55,13 +57,13 @@ def parser() -> argparse.ArgumentParser:
                    help="swap models for tiny stand-ins of the same family and benchmarks for local ones")
     r.add_argument("--plugin", action="append", default=[], help="method plugin (.py file or module); repeatable")
     r.add_argument("--no-report", action="store_true", help="don't write the report at the end")
-    _add_suite_edits(r)
+    add_suite_edits(r)
     v = sub.add_parser("validate", help="check a suite and print its plan; nothing is written")
     v.add_argument("suite")
     v.add_argument("--results", default="results")
     v.add_argument("--plugin", action="append", default=[])
     v.add_argument("--smoke", action="store_true")
-    _add_suite_edits(v)
+    add_suite_edits(v)
     rep = sub.add_parser("report", help="tables, figures and report.html from a results folder")
     rep.add_argument("results_dir", help="results/<suite> (or a results root holding several suites)")
     rep.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
@@ -72,16 +74,6 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("what", choices=["methods", "tasks", "launchers"])
     ls.add_argument("--plugin", action="append", default=[])
     return p
-
-
-def _add_suite_edits(p: argparse.ArgumentParser) -> None:
-    """``--set`` and ``--only`` (harness.config.overrides, harness.config.only)."""
-    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="edit a suite key as the file would (e.g. train.steps=5, 'seeds=[0,1]', "
-                        "methods.dpo.hparams.beta=0.2); changes cell ids as that edit would; repeatable")
-    p.add_argument("--only", action="append", default=[], metavar="KEY=V[,V...]",
-                   help="only the cells with these values of method, model, dataset or seed (ids "
-                        "unchanged; stages they need run too); repeat to narrow")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +283,7 @@ def cmd_run(args) -> int:
         from .tuning import finals_plan
 
         finals, sel = finals_plan(whole, suite_dir)  # every group's choice; --only then selects
-        finals = _select_finals(args, finals, whole)
+        finals = select_finals(args, finals, whole)
         print(f"tuning: settings chosen on dev by {sel.metric} ({suite_dir / '_tuning' / 'selection.json'}):")
         print("\n".join(sel.summary()))
         if finals.cells:
@@ -305,13 +297,6 @@ def cmd_run(args) -> int:
     if plan.tuned:
         print(f"finished in {time.time() - t0:.1f}s (both phases)")
     return _finish(args, suite_dir, items, stop)
-
-
-def _select_finals(args, finals, whole):
-    """A tuned suite's finals as ``--only`` selects them."""
-    from .config.only import parse_only, select
-
-    return select(parse_only(getattr(args, "only", [])), finals, whole=whole)
 
 
 def _check_written(plan, suite_dir: Path) -> None:
@@ -433,22 +418,6 @@ def _slurm_profile(suite, loaded, smoke: bool):
     # the same lookup as validate's (harness.paths)
     profile = load_profile(slurm_profile(suite.launcher.slurm_profile, loaded.base_dir))
     return smoke_profile(profile) if smoke else profile
-
-
-def _check_runnable(plan) -> None:
-    """Fail fast (before any training) on what can only fail later: hub-only models or
-    benchmarks on an offline machine."""
-    from .evaluate.lmeval import check_available
-    from .hub import model_problem
-
-    ev = plan.suite.eval
-    tasks = sorted({t for t in ev.lm_eval_tasks if not t.startswith("embedded")})
-    if tasks:
-        check_available(tasks, allow_code_execution=ev.allow_code_execution)
-    problems = [model_problem(m.name, m.hub, m.gguf_file, m.revision) for m in plan.suite.models
-                if m.hub and not m.path]
-    if any(problems):
-        raise UserError(problems=[p for p in problems if p])
 
 
 # --------------------------------------------------------------------------- report

@@ -111,3 +111,36 @@ def record_whole_plan(args, whole, ran, suite_dir: Path) -> None:
         cells += [c.cell_id for c in finals.cells]
         stages += [s.stage_id for s in finals.sft_stages]
     write_plan(suite_dir, whole.suite.name, list(dict.fromkeys(cells)), list(dict.fromkeys(stages)))
+
+
+def add_suite_edits(p) -> None:
+    """``--set`` and ``--only`` (harness.config.overrides, harness.config.only)."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="edit a suite key as the file would (e.g. train.steps=5, 'seeds=[0,1]', "
+                        "methods.dpo.hparams.beta=0.2); changes cell ids as that edit would; repeatable")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=V[,V...]",
+                   help="only the cells with these values of method, model, dataset or seed (ids "
+                        "unchanged; stages they need run too); repeat to narrow")
+
+
+def select_finals(args, finals, whole):
+    """A tuned suite's finals as ``--only`` selects them."""
+    from .config.only import parse_only, select
+
+    return select(parse_only(getattr(args, "only", [])), finals, whole=whole)
+
+
+def check_runnable(plan) -> None:
+    """Fail fast (before any training) on what can only fail later: hub-only models or
+    benchmarks on an offline machine."""
+    from .evaluate.lmeval import check_available
+    from .hub import model_problem
+
+    ev = plan.suite.eval
+    tasks = sorted({t for t in ev.lm_eval_tasks if not t.startswith("embedded")})
+    if tasks:
+        check_available(tasks, allow_code_execution=ev.allow_code_execution)
+    problems = [model_problem(m.name, m.hub, m.gguf_file, m.revision) for m in plan.suite.models
+                if m.hub and not m.path]
+    if any(problems):
+        raise UserError(problems=[p for p in problems if p])
