@@ -1,8 +1,12 @@
 """``python -m harness``: run | validate | report | status | eval | ls.
 
+``run`` and ``validate`` take ``--set KEY.PATH=VALUE`` (edits of the suite, checked with it:
+``harness.config.overrides``) and ``--only KEY=V[,V]`` (a part of the plan, ids unchanged:
+``harness.config.only``); every option is checked like a suite key (``harness.cli_options``).
+
 Exit codes (``run``; see harness.sweep): 0 every SFT stage and cell of the plan is done; 1 some
 failed (their folders say why); 2 invalid input (suite, data, arguments, the results folder),
-with a message naming the file, line/row and key, and nothing written; 3 some not done and none
+with a message naming the file, line/row and key (or the option), and nothing written; 3 some not done and none
 failed (held by another run, waiting for an SFT stage, a full disk, stopped by the scheduler);
 130/143 stopped by Ctrl-C/SIGTERM (what was running is marked pending and resumes).
 """
@@ -13,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from .cli_options import add_suite_edits, select_finals
+from .cli_options import check_runnable as _check_runnable
 from .errors import UserError
 
 EPILOG = """examples:
@@ -21,6 +27,7 @@ EPILOG = """examples:
   python -m harness run SUITE --launcher local --workers 2
   python -m harness run SUITE --launcher slurm             # job arrays through submitit
   python -m harness run SUITE --retry-failed               # rerun failed cells too
+  python -m harness run SUITE --set train.steps=5 --only method=dpo --only seed=0
   python -m harness validate SUITE
   python -m harness report results/quickstart
   python -m harness status results/quickstart             # each job's state, stage, step, ETA
@@ -50,11 +57,13 @@ def parser() -> argparse.ArgumentParser:
                    help="swap models for tiny stand-ins of the same family and benchmarks for local ones")
     r.add_argument("--plugin", action="append", default=[], help="method plugin (.py file or module); repeatable")
     r.add_argument("--no-report", action="store_true", help="don't write the report at the end")
+    add_suite_edits(r)
     v = sub.add_parser("validate", help="check a suite and print its plan; nothing is written")
     v.add_argument("suite")
     v.add_argument("--results", default="results")
     v.add_argument("--plugin", action="append", default=[])
     v.add_argument("--smoke", action="store_true")
+    add_suite_edits(v)
     rep = sub.add_parser("report", help="tables, figures and report.html from a results folder")
     rep.add_argument("results_dir", help="results/<suite> (or a results root holding several suites)")
     rep.add_argument("--out", help="output folder (default: RESULTS_DIR/report)")
@@ -148,12 +157,17 @@ def cmd_ls(args) -> int:
 
 
 # ------------------------------------------------------------------------- validate
-def _load(args, check_hub: bool = True):
+def _load_plans(args, check_hub: bool = True):
+    """(the checked suite with its ``--set`` edits, its whole plan, the part ``--only`` selects)."""
     from . import config
+    from .cli_options import check_options
+    from .config.only import parse_only, select
 
+    check_options(args)
+    only = parse_only(getattr(args, "only", []))
     specs = getattr(args, "plugin", [])
     _plugins(specs)
-    loaded = config.load_suite(Path(args.suite))
+    loaded = config.load_suite(Path(args.suite), getattr(args, "set", []))
     if getattr(args, "smoke", False):
         from .smoke import smoke_suite
 
@@ -173,7 +187,7 @@ def _load(args, check_hub: bool = True):
         from .smoke import mark_plan
 
         mark_plan(plan)  # config.yaml says smoke: true; ids are unchanged
-    return loaded, plan
+    return loaded, plan, select(only, plan)
 
 
 def _check_data(loaded, check_hub: bool = True) -> None:
@@ -204,11 +218,16 @@ def _describe(plan, results_root: Path) -> str:
 
 
 def cmd_validate(args) -> int:
+    """Every check ``run`` makes before it writes or trains (``_check_runnable``), then the plan."""
+    from .cli_options import describe_edits
     from .sweep import check_folder_names
 
-    loaded, plan = _load(args)
-    check_folder_names(plan, Path(args.results), str(args.suite))
+    loaded, whole, plan = _load_plans(args)
+    check_folder_names(whole, Path(args.results), str(args.suite))
+    _check_runnable(plan)
     print(f"{args.suite}: valid")
+    for line in describe_edits(args, whole, plan):
+        print(line)
     print(_describe(plan, Path(args.results)))
     print("\n".join(_disk_lines(plan)))
     return 0
@@ -230,13 +249,19 @@ def cmd_run(args) -> int:
     from .launch.describe import describe_launch
     from .sweep import check_folder_names, check_results_root
 
-    loaded, plan = _load(args, check_hub=not args.dry_run)
+    from .cli_options import check_launcher_options, describe_edits, record_whole_plan, suite_text
+
+    loaded, whole, plan = _load_plans(args, check_hub=not args.dry_run)
     suite = loaded.suite
     results_root = Path(args.results)
     suite_dir = results_root / suite.name
-    suite.launcher = config.launcher_overrides(suite.launcher, type=args.launcher, workers=args.workers)
-    check_folder_names(plan, results_root, str(args.suite))
+    suite.launcher = plan.suite.launcher = config.launcher_overrides(suite.launcher, type=args.launcher,
+                                                                     workers=args.workers)
+    check_launcher_options(args, suite.launcher)
+    check_folder_names(whole, results_root, str(args.suite))
     profile = _slurm_profile(suite, loaded, args.smoke)
+    for line in describe_edits(args, whole, plan):
+        print(line)
     if args.dry_run:
         print(_describe(plan, results_root))
         print("\n".join(_disk_lines(plan)))
@@ -248,21 +273,24 @@ def cmd_run(args) -> int:
     _check_written(plan, suite_dir)
     from .runner import materialize
 
-    for note in materialize(plan, suite_dir, Path(loaded.path).read_text() if getattr(loaded, "path", None) else None):
+    for note in materialize(plan, suite_dir, suite_text(loaded)):
         print(f"note: {note}", file=sys.stderr)
+    record_whole_plan(args, whole, plan, suite_dir)
     t0 = time.time()
     items, stop = _run_phase(args, plan, suite_dir, profile,
                              "phase 1 (trials and untuned rows)" if plan.tuned else "")
     if plan.tuned and stop is None:  # phase 2: each method's setting chosen on dev, its finals on test
         from .tuning import finals_plan
 
-        finals, sel = finals_plan(plan, suite_dir)
+        finals, sel = finals_plan(whole, suite_dir)  # every group's choice; --only then selects
+        finals = select_finals(args, finals, whole)
         print(f"tuning: settings chosen on dev by {sel.metric} ({suite_dir / '_tuning' / 'selection.json'}):")
         print("\n".join(sel.summary()))
         if finals.cells:
             _check_written(finals, suite_dir)
             for note in materialize(finals, suite_dir, phase1=plan):
                 print(f"note: {note}", file=sys.stderr)
+            record_whole_plan(args, whole, finals, suite_dir)
             more, stop = _run_phase(args, finals, suite_dir, profile, "finals")
             known = {i for _, i, _, _ in items}
             items += [it for it in more if it[1] not in known]
@@ -392,28 +420,14 @@ def _slurm_profile(suite, loaded, smoke: bool):
     return smoke_profile(profile) if smoke else profile
 
 
-def _check_runnable(plan) -> None:
-    """Fail fast (before any training) on what can only fail later: hub-only models or
-    benchmarks on an offline machine."""
-    from .evaluate.lmeval import check_available
-    from .hub import hub_reachable, offline
-
-    ev = plan.suite.eval
-    tasks = sorted({t for t in ev.lm_eval_tasks if not t.startswith("embedded")})
-    if tasks:
-        check_available(tasks, allow_code_execution=ev.allow_code_execution)
-    for m in plan.suite.models:
-        if m.hub and not m.path and (offline() or not hub_reachable()):
-            raise UserError(f"model {m.name!r}: hub id {m.hub!r} cannot be downloaded here (offline). "
-                            f"Give a local `path:`, run on a connected machine, or use `run --smoke` "
-                            f"to exercise the pipeline with tiny stand-ins.")
-
-
 # --------------------------------------------------------------------------- report
 def cmd_report(args) -> int:
     from .report import build_report
 
+    from .cli_options import check_report_out
+
     d = Path(args.results_dir)
+    check_report_out(args.out)
     if not d.is_dir():
         raise UserError(f"{d}: no such results folder; give results/<suite> as written by `harness run`")
     out = build_report(d, out_dir=Path(args.out) if args.out else None, baseline=args.baseline)

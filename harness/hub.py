@@ -56,3 +56,36 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     t.start()
     t.join(timeout + 0.5)
     return bool(ok)
+
+
+SMOLLM2_FETCH = "scripts/fetch_smollm2.sh"  # a real model that works offline (ENVIRONMENT.md)
+
+
+def in_cache(repo_id: str, filename: str, revision: str | None = None) -> bool:
+    """Whether ``filename`` of the hub repository ``repo_id`` is in the local hub cache (what
+    an offline load can use)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str)
+    except Exception:  # a malformed id, an unreadable cache: not cached
+        return False
+
+
+def model_problem(name: str, repo_id: str, gguf_file: str | None = None, revision: str | None = None,
+                  probe: bool = True) -> str | None:
+    """Why the hub model ``repo_id`` (the suite's model ``name``) cannot be loaded on this
+    machine, or None: offline (or, with ``probe``, the hub unreachable) and not in the local
+    hub cache. The one answer for ``validate``, ``run``'s pre-flight check and model loading."""
+    if in_cache(repo_id, gguf_file or "config.json", revision):
+        return None
+    if offline():
+        why = f"cannot be downloaded here (offline: {' / '.join(OFFLINE_FLAGS)} is set)"
+    elif probe and not hub_reachable():
+        why = f"cannot be downloaded here (the hub, {endpoint()}, is unreachable)"
+    else:
+        return None
+    return (f"model {name!r}: hub id {repo_id!r} {why} and is not in the local hub cache. Use a local "
+            f"`path:` to the model files (e.g. a save_pretrained folder, or `{SMOLLM2_FETCH}` for a GGUF "
+            f"model that works offline), run on a connected machine, or use `run --smoke` to swap in a "
+            f"tiny stand-in.")

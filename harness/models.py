@@ -25,11 +25,10 @@ from typing import Iterable
 import torch
 
 from .errors import UserError
-from .hub import OFFLINE_FLAGS, offline
+from .hub import SMOLLM2_FETCH
 from .schema import ModelSpec, TinyModelSpec
 
 SPECIALS = ("<pad>", "<eos>", "<unk>")
-SMOLLM2_FETCH = "scripts/fetch_smollm2.sh"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Attention projections, by the names architectures give them: the default LoRA targets.
@@ -217,22 +216,13 @@ def _local_source(spec: ModelSpec) -> tuple[Path, str | None]:
 
 def _check_hub_offline(spec: ModelSpec) -> None:
     """On an offline machine a hub id loads only from the local hub cache: fail at once when
-    it is not there (otherwise transformers retries the network for ~20 s)."""
-    if not offline():
-        return
-    try:
-        from huggingface_hub import try_to_load_from_cache
+    it is not there (otherwise transformers retries the network for ~20 s); ``harness.hub``
+    says so, for ``validate`` and ``run``'s pre-flight check too."""
+    from .hub import model_problem
 
-        cached = try_to_load_from_cache(spec.hub, spec.gguf_file or "config.json", revision=spec.revision)
-    except Exception:  # a malformed id, an unreadable cache: treat as not cached
-        cached = None
-    if isinstance(cached, str):
-        return
-    raise UserError(f"model {spec.name!r}: hub id {spec.hub!r} cannot be downloaded on this offline "
-                    f"machine ({' / '.join(OFFLINE_FLAGS)} is set) and is not in the local hub "
-                    f"cache. Use a local `path:` to the model files (e.g. a save_pretrained folder, or "
-                    f"`{SMOLLM2_FETCH}` for a GGUF model that works offline), run on a connected machine, "
-                    f"or use `run --smoke` to swap in a tiny stand-in.")
+    problem = model_problem(spec.name, spec.hub, spec.gguf_file, spec.revision, probe=False)
+    if problem:
+        raise UserError(problem)
 
 
 # Saved by a tokenizers-backed tokenizer (our tiny ones, GGUF-derived ones): the exact

@@ -32,24 +32,24 @@ def _existing_ancestor(path: Path) -> Path:
     return p
 
 
-def check_results_root(root: Path) -> None:
-    """``--results`` must be (or be creatable as) a writable folder; a UserError otherwise,
-    before anything is written."""
+def check_results_root(root: Path, option: str = "--results") -> None:
+    """``--results`` (or ``option``) must be (or be creatable as) a writable folder; a
+    UserError otherwise, before anything is written."""
     root = Path(root)
     anc = _existing_ancestor(root)
     if not anc.is_dir():
         what = "is a file" if anc == root.absolute() else f"is inside {anc}, which is a file"
-        raise UserError(f"--results {root}: {what}, not a folder. Give a folder for the results "
+        raise UserError(f"{option} {root}: {what}, not a folder. Give a folder for the results "
                         f"(it is created if missing).")
     try:
         readonly = bool(os.statvfs(anc).f_flag & os.ST_RDONLY)
     except OSError:
         readonly = False
     if readonly:
-        raise UserError(f"--results {root}: {anc} is on a read-only file system. Give a folder on a "
+        raise UserError(f"{option} {root}: {anc} is on a read-only file system. Give a folder on a "
                         f"writable one.")
     if not os.access(anc, os.W_OK | os.X_OK):
-        raise UserError(f"--results {root}: {anc} is not writable by this user. Give a folder you can "
+        raise UserError(f"{option} {root}: {anc} is not writable by this user. Give a folder you can "
                         f"write to, or fix its permissions.")
 
 

@@ -69,8 +69,8 @@ def test_python_m_harness_help_and_argument_errors():
 
 @pytest.mark.parametrize("sub, options", [
     ("run", ["--launcher", "--workers", "--results", "--dry-run", "--retry-failed", "--smoke", "--plugin",
-             "--no-report"]),
-    ("validate", ["--results", "--plugin", "--smoke"]),
+             "--no-report", "--set", "--only"]),
+    ("validate", ["--results", "--plugin", "--smoke", "--set", "--only"]),
     ("report", ["--out", "--baseline", "results_dir"]),
     ("ls", ["{methods,tasks,launchers}", "--plugin"]),
 ])

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_ORDER = ["check", "source", "ids", "variants", "space", "suite", "plan", "cell", "describe", "docs"]
+CONFIG_ORDER = ["check", "source", "overrides", "ids", "variants", "space", "suite", "plan", "only", "cell", "describe",
+                "docs"]
 
 
 def _module_name(path: Path, root: Path) -> str:

@@ -146,5 +146,5 @@ def test_command_line_overrides_go_through_the_checker(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for bad, says in (("0", "must be > 0, got 0"), ("-3", "must be > 0, got -3")):  # 0 was ignored, -3 used
         rc, out, err = cli("run", GOOD / "minimal.yaml", "--workers", bad, "--results", tmp_path / "r")
-        assert rc == 2 and f"error: command line: launcher.workers: {says}" in err
+        assert rc == 2 and f"error: --workers {bad}: {says} (the suite key launcher.workers)" in err
     assert not (tmp_path / "r").exists()

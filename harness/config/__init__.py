@@ -4,11 +4,13 @@ One job per module; each imports only modules above it in this list (no circles)
 
 * ``check``: the typed checker of a file (``methods.settings``' rules; problems at file:line)
 * ``source``: YAML read safely with the line of every key; YAML 1.2 scalars; the alias-bomb guard
+* ``overrides``: ``--set KEY.PATH=VALUE``, edits of the suite's mapping before it is checked
 * ``ids``: canonical JSON and its hash, from which cell and stage ids are made
 * ``variants``: method entries -> variants (grid combinations, labels, resolved hyperparameters)
 * ``space``: a tuned suite's search space per method entry, cut to the budget
 * ``suite``: ``load_suite`` / ``load_suite_dict``, every check of a suite
 * ``plan``: ``expand``, the plan of cells and SFT stages with their ids
+* ``only``: ``--only KEY=VALUE``, the part of a plan a filter selects (ids unchanged)
 * ``cell``: a cell's or stage's typed config read back from its ``config.yaml``
 * ``describe``: ``describe_plan``, a readable plan with a compute estimate
 * ``docs``: the key tables of ``suites/README.md`` (``python -m harness.config docs``)

@@ -31,7 +31,8 @@ from methods.settings import did_you_mean
 
 from ..errors import UserError
 from ..paths import find_slurm_profile, resolve, slurm_profile_problem
-from ..schema import DatasetSpec, EvalSpec, LauncherSpec, SFTSpec, Suite, TinyModelSpec, TrainSpec, merge_train
+from ..schema import (UNTRAINED, DatasetSpec, EvalSpec, LauncherSpec, SFTSpec, Suite, TinyModelSpec, TrainSpec,
+                      merge_train)
 from .check import INVALID, FileChecker, items, ok, show
 from .source import parse_yaml
 from .space import check_protocol
@@ -52,11 +53,18 @@ class LoadedSuite:
     base_dir: Path
     text_hash: str
     source: str = "<dict>"
+    # ``--set`` options applied (``overrides``), and the edited mapping they gave (``data``)
+    overrides: tuple = ()
+    data: Any = None
 
 
-def load_suite(path: str | os.PathLike) -> LoadedSuite:
+def load_suite(path: str | os.PathLike, overrides: list[str] | tuple = ()) -> LoadedSuite:
     """Read, check and return the suite at ``path``; raise ``UserError`` listing every
-    problem (file:line: key: what is wrong; the fix)."""
+    problem (file:line: key: what is wrong; the fix). ``overrides``: ``--set KEY.PATH=VALUE``
+    options, applied to the file's mapping before any check (``harness.config.overrides``)."""
+    from .overrides import OverriddenChecker, apply_overrides, overridden_hash, parse_overrides
+
+    parsed = parse_overrides(list(overrides))
     p = Path(path)
     source = str(path)
     if not p.is_file():
@@ -65,14 +73,21 @@ def load_suite(path: str | os.PathLike) -> LoadedSuite:
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{source}: not UTF-8 text ({e})") from None
-    ctx = FileChecker(source)
+    ctx = OverriddenChecker(source)
     data = parse_yaml(text, ctx)
     if data is INVALID:  # unreadable; otherwise keep going and report everything at once
         ctx.raise_if_any()
-    if data is None:
+    if data is None and not parsed:
         raise UserError(f"{source}:1: the suite is empty; it needs at least name, models, datasets "
                         f"and methods (see suites/README.md)")
-    return _check(data, ctx, p, p.resolve().parent, hashlib.sha256(text.encode()).hexdigest())
+    if parsed:
+        data = {} if data is None else data
+        ctx.set_paths = apply_overrides(data, parsed)
+    loaded = _check(data, ctx, p, p.resolve().parent, overridden_hash(text, parsed) if parsed
+                    else hashlib.sha256(text.encode()).hexdigest())
+    if parsed:
+        loaded.overrides, loaded.data = tuple(o.text for o in parsed), data
+    return loaded
 
 
 def load_suite_dict(d: dict, source: str = "<dict>", base_dir: str | os.PathLike | None = None) -> LoadedSuite:
@@ -106,6 +121,7 @@ def _check(data: Any, ctx: FileChecker, path: Path | None, base_dir: Path, text_
     _check_models(suite, ctx, base_dir)
     _check_datasets(suite, ctx, base_dir)
     variants = check_methods(suite, ctx)
+    _check_plugin_needs(variants, ctx)
     _check_training(suite, variants, ctx)
     _check_eval_launcher_report(suite, variants, ctx, base_dir)
     check_protocol(suite, variants, ctx, base_dir)
@@ -121,6 +137,29 @@ def _check_plugins(suite: Suite, ctx: FileChecker, base_dir: Path) -> None:
             ctx.add(("plugins", i), f"{e}; paths are relative to the suite file's folder")
         except Exception as e:  # the plugin's own code failed; name it and the error
             ctx.add(("plugins", i), f"plugin {spec!r} failed to import: {type(e).__name__}: {e}")
+
+
+def _check_plugin_needs(variants: list[Variant], ctx: FileChecker) -> None:
+    """A plugin method's loss reads only the features it declares (``methods.conformance``:
+    the core computes no others, so each cell would fail later on a None tensor). Built-in
+    methods are checked by the tests; plugins are run in a child process, which loads torch."""
+    todo: dict[str, tuple[type, dict, list[int]]] = {}
+    for v in variants:
+        if v.name in UNTRAINED:
+            continue
+        cls = methods.get_class(v.name)
+        if cls.__module__ == "methods" or cls.__module__.startswith("methods."):
+            continue
+        key = json.dumps([v.name, v.hparams], sort_keys=True, default=str)
+        todo.setdefault(key, (cls, v.hparams, []))[2].append(v.method_index)
+    if not todo:
+        return
+    from methods.conformance import needs_problems
+
+    for (cls, _, where), problem in zip(todo.values(), needs_problems([(c, hp) for c, hp, _ in todo.values()])):
+        for i in dict.fromkeys(where):
+            if problem:
+                ctx.add(("methods", i, "name"), problem)
 
 
 def _check_suite_level(suite: Suite, ctx: FileChecker) -> None:
