@@ -10,15 +10,12 @@ family made again on an unchanged cell must give the run's numbers.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 
 import pytest
 
 import reliability_helpers as rh
-from harness.cli import main
 from harness.results import read_json
 
 pytest.importorskip("peft")
@@ -42,16 +39,7 @@ SUITE = {
 FAMILY_PREFIXES = ("pref/", "displacement/", "task/", "gen/", "winrate/", "kl/", "diversity/")
 
 
-def _cli(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
-
-
-def _cell(suite_dir, model, method):
-    [d] = [d for d in rh.cell_dirs(suite_dir) if d.name.startswith(f"{method}-{model}-")]
-    return d
+_cli, _cell = rh.cli, rh.cell_of
 
 
 def _family_records(folder) -> dict[str, dict]:
