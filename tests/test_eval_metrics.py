@@ -134,7 +134,7 @@ def test_the_report_shows_the_later_values_without_retraining(run):
         path.write_text(json.dumps(rec))
     rc, out, err = _cli("report", run)
     assert rc == 0, err
-    assert "kl/policy_ref" in (run / "report" / "report.md").read_text() or (run / "report").is_dir()
+    assert (run / "report" / "report.md").is_file()
 
 
 def test_resumable_and_force(run):
