@@ -150,37 +150,47 @@ class Cell:
             self.guard()
 
 
-def set_up(suite_dir: Path, folder: Path, guard=None) -> Cell:
-    """Config (checked), plugins, method, env.json, data (scored on the cell's split), the start
-    model and the training pairs (the data set's, or a view of its on-policy sample stage)."""
+def open_cell(suite_dir: Path, folder: Path, guard=None, keep_reference: bool | None = None) -> Cell:
+    """What a cell is before any model loads: its config (checked), plugins, method, data (scored
+    on the cell's split), its SFT stage's record and the start model's loader. ``keep_reference``:
+    keep the loaded start model as the frozen reference (default: when evaluation or the method
+    needs one). ``set_up`` and ``harness eval --metrics`` (harness.eval_metrics) both start here."""
     import methods
-
-    from .data.onpolicy import training_examples
-    from .data.tokenize import tokenize
-    from .results import atomic_write_json, env_info
 
     cfg = load_cell_config(folder)
     for p in cfg.plugins:
         methods.load_plugin(p)
     method = build_method(cfg, folder / "config.yaml")
-    if rank()[0] == 0:
-        atomic_write_json(folder / "env.json", env_info())
     data = stage_data(cfg).scored_on(cfg.split)  # a tuning trial is scored on the dev split
-    train_pairs, data_metrics = training_examples(cfg, data, suite_dir)
     stage_dir = suite_dir / "_sft" / cfg.sft_stage if cfg.sft_stage else None
     stage_info = _stage_info(stage_dir) if stage_dir is not None else {}
-    keep_ref = cfg.eval.enabled or bool(method is not None and method.needs)
-    start = StartingPoint(_loader(cfg, data, stage_dir), keep_ref)
-    cell = Cell(suite_dir, folder, cfg, method, data, guard, stage_info, start, data_metrics=data_metrics)
-    cell.policy, cell.tok = start.load(copy_for_policy=method is not None)
-    if cfg.is_base and stage_dir is not None:
+    if keep_reference is None:
+        keep_reference = cfg.eval.enabled or bool(method is not None and method.needs)
+    start = StartingPoint(_loader(cfg, data, stage_dir), keep_reference)
+    return Cell(suite_dir, folder, cfg, method, data, guard, stage_info, start)
+
+
+def set_up(suite_dir: Path, folder: Path, guard=None) -> Cell:
+    """:func:`open_cell`, env.json, the start model (the policy trains a copy) and the training
+    pairs (the data set's, or a view of its on-policy sample stage)."""
+    from .data.onpolicy import training_examples
+    from .data.tokenize import tokenize
+    from .results import atomic_write_json, env_info
+
+    cell = open_cell(suite_dir, folder, guard)
+    cfg, data = cell.cfg, cell.data
+    if rank()[0] == 0:
+        atomic_write_json(folder / "env.json", env_info())
+    train_pairs, cell.data_metrics = training_examples(cfg, data, suite_dir)
+    cell.policy, cell.tok = cell.start.load(copy_for_policy=cell.method is not None)
+    if cfg.is_base and cfg.sft_stage:
         # the base row: the model before SFT (as its SFT stage started), against the SFT checkpoint
         from .models import load_model
 
         texts = tiny_texts(data) if cfg.model.tiny else None
         cell.policy, cell.tok = load_model(cfg.model, alphabet=data.alphabet, texts=texts,
                                            seed=cfg.seed if cfg.sft.per_seed else 0)
-    elif stage_dir is not None and method is not None:  # the sft row does not train: its policy is the reference
+    elif cfg.sft_stage and cell.method is not None:  # the sft row does not train: its policy is the reference
         cell.policy = _memory_settings(cell.policy, cfg.model)
     t = cfg.train
     cell.tdata = tokenize(train_pairs, cell.tok, t.max_length, t.max_prompt_length, cfg.model.chat_template,
@@ -274,19 +284,9 @@ def evaluate_cell(cell: Cell) -> dict[str, Any]:
     reference is freed."""
     m: dict[str, Any] = {}
     if cell.cfg.eval.enabled:
-        from .evaluate.backends import generator_for
-        from .evaluate.policy import evaluate_policy
-
         cell.check_lock()  # evaluation writes samples.jsonl: only while the lock is still ours
-        cfg, t0 = cell.cfg, time.time()
-        m.update(evaluate_policy(cell.policy, cell.start.reference(), cell.tok, cell.data, cell.method, cfg.eval,
-                                 cell.folder, cfg.seed, chat_template=cfg.model.chat_template,
-                                 max_length=cfg.train.max_length, max_prompt_length=cfg.train.max_prompt_length,
-                                 # the base row differs from its reference when there is an SFT stage
-                                 trained=cell.method is not None or (cfg.is_base and cfg.sft_stage is not None),
-                                 cache_dir=cell.suite_dir / "_cache",
-                                 ref_id=cell.stage_info.get("weights_fingerprint"),
-                                 generator=generator_for(cfg.eval, cell.tok, cell.folder, cfg.seed)))
+        t0 = time.time()
+        m.update(run_evaluation(cell))
         m["cost/eval_wall_s"] = round(time.time() - t0, 3)
     if cell.method is not None and "token_weights" in cell.method.needs:
         from .results.progress import current
@@ -297,6 +297,23 @@ def evaluate_cell(cell: Cell) -> dict[str, Any]:
                                   cfg.train, cfg.model.chat_template, check_lock=cell.check_lock)
     cell.start.release()
     return m
+
+
+def run_evaluation(cell: Cell, out_dir: Path | None = None, families=None, by_family=None) -> dict[str, Any]:
+    """The evaluation metric families (all that apply, or those named in ``families``; each
+    one's metrics into ``by_family`` when given) of the cell's policy against its reference,
+    with the cell's eval settings; samples.jsonl goes to ``out_dir`` (the cell's folder)."""
+    from .evaluate.backends import generator_for
+    from .evaluate.policy import evaluate_policy
+
+    cfg, out = cell.cfg, Path(out_dir or cell.folder)
+    return evaluate_policy(cell.policy, cell.start.reference(), cell.tok, cell.data, cell.method, cfg.eval,
+                           out, cfg.seed, families=families, by_family=by_family, chat_template=cfg.model.chat_template,
+                           max_length=cfg.train.max_length, max_prompt_length=cfg.train.max_prompt_length,
+                           # the base row differs from its reference when there is an SFT stage
+                           trained=cell.method is not None or (cfg.is_base and cfg.sft_stage is not None),
+                           cache_dir=cell.suite_dir / "_cache", ref_id=cell.stage_info.get("weights_fingerprint"),
+                           generator=generator_for(cfg.eval, cell.tok, out, cfg.seed))
 
 
 def write_importance_examples(policy, reference, tok, data, method, folder: Path, tspec, chat_template: bool,

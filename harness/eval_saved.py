@@ -138,14 +138,12 @@ def evaluate_cell(folder: Path, cfg, tasks: list[str], *, limit: int | None = No
     from .cell import device, stage_data
     from .evaluate.families import write_embedded_tasks
     from .evaluate.lmeval import EMBEDDED_TASKS, run_lm_eval
-    from .policy_store import kept, load_policy
+    from .policy_store import load_policy
     from .results.evaluated import EVAL_DIR, write_evaluated
 
     data = stage_data(cfg).scored_on(cfg.split)
     model, tok = load_policy(folder, cfg, data)
-    man = kept(folder)
-    weights = f"model/ ({man['kind']})" if man else (f"_sft/{cfg.sft_stage}/model" if cfg.method.name == "sft"
-                                                      else "the suite's model (config.yaml)")
+    weights = weights_label(folder, cfg)
     groups: dict[Path | None, list[str]] = {}
     for n in tasks:
         groups.setdefault(folder / EVAL_DIR / "lm_eval_tasks" if n in EMBEDDED_TASKS else include_path, []).append(n)
@@ -167,6 +165,15 @@ def evaluate_cell(folder: Path, cfg, tasks: list[str], *, limit: int | None = No
         gc.collect()
         _empty_cuda_cache()
     return out
+
+
+def weights_label(folder: Path, cfg) -> str:
+    """Which weights a later evaluation of the cell read (recorded with its results)."""
+    from .policy_store import kept
+
+    man = kept(folder)
+    return f"model/ ({man['kind']})" if man else (f"_sft/{cfg.sft_stage}/model" if cfg.method.name == "sft"
+                                                  else "the suite's model (config.yaml)")
 
 
 def _empty_cuda_cache() -> None:

@@ -265,6 +265,25 @@ def cell_dirs(suite_dir: Path) -> list[Path]:
                   if d.is_dir() and not d.name.startswith(("_", ".")) and (d / "config.yaml").exists())
 
 
+def cell_of(suite_dir: Path, model: str, method: str) -> Path:
+    """The one cell folder of ``method`` on ``model`` (a suite with one data set and seed)."""
+    [d] = [d for d in cell_dirs(suite_dir) if d.name.startswith(f"{method}-{model}-")]
+    return d
+
+
+def cli(*args) -> tuple[int, str, str]:
+    """``python -m harness ARGS`` in this process: (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from harness.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
 def comparable(metrics: dict) -> dict:
     """metrics.json without what legitimately differs between an interrupted-and-resumed run
     and an uninterrupted one: cost/* (wall time, tokens of this process, peak memory, cache

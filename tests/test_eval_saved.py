@@ -9,8 +9,6 @@ tasks (by lm-eval's own task names) on the kept policies and adds the columns to
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import pytest
@@ -19,7 +17,6 @@ import torch
 import reliability_helpers as rh
 from harness import cell as steps
 from harness import config
-from harness.cli import main
 from harness.evaluate.lmeval import write_local_tasks
 from harness.policy_store import count_params, estimate, kept, load_policy
 from harness.results import read_json
@@ -43,16 +40,7 @@ SUITE = {
 }
 
 
-def _cli(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
-
-
-def _cell(suite_dir, model, method):
-    [d] = [d for d in rh.cell_dirs(suite_dir) if d.name.startswith(f"{method}-{model}-")]
-    return d
+_cli, _cell = rh.cli, rh.cell_of
 
 
 @pytest.fixture(scope="module")

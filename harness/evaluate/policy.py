@@ -38,8 +38,10 @@ from .context import EvalContext
 from .families import FAMILIES, preference_items, sequence_kl  # noqa: F401 - the curves and tests use them here
 
 
-def evaluate(ctx: EvalContext) -> dict[str, Any]:
-    """Every family that applies, in order; samples.jsonl written afresh."""
+def evaluate(ctx: EvalContext, families=None, by_family: dict | None = None) -> dict[str, Any]:
+    """Every family that applies (of those named in ``families``, when given), in order;
+    samples.jsonl written afresh; ``by_family`` (when given) gets each family's own metrics. The sampled metrics draw the same samples whichever families
+    run (:attr:`EvalContext.sampled` draws the KL and diversity samples together)."""
     ctx.ref = ctx.ref.to(ctx.device).eval()
     ctx.policy.eval()
     path = ctx.out_dir / "samples.jsonl"
@@ -51,9 +53,12 @@ def evaluate(ctx: EvalContext) -> dict[str, Any]:
             current().stage("evaluation:generation")
             ctx.generate_policy_first()
         for fam in FAMILIES:
-            if fam.applies(ctx):
+            if (families is None or fam.name in families) and fam.applies(ctx):
                 current().stage(f"evaluation:{fam.name}")  # progress.json: batches counted inside
-                m.update(fam.compute(ctx))
+                got = fam.compute(ctx)
+                m.update(got)
+                if by_family is not None:
+                    by_family[fam.name] = got
     finally:
         ctx.samples_log.close()
         ctx.samples_log = None
@@ -63,8 +68,10 @@ def evaluate(ctx: EvalContext) -> dict[str, Any]:
 
 
 def evaluate_policy(policy, ref, tok, data, method, spec: EvalSpec, out_dir: Path, seed: int,
-                    **settings) -> dict[str, Any]:
-    """:func:`evaluate` on ``EvalContext(policy, ref, tok, data, method, spec, out_dir, seed,
-    **settings)`` (``chat_template``, ``max_length``, ``max_prompt_length``, ``trained``,
-    ``cache_dir``, ``ref_id``, ``generator``, ``prompt_truncation``)."""
-    return evaluate(EvalContext(policy, ref, tok, data, method, spec, Path(out_dir), seed, **settings))
+                    families=None, by_family: dict | None = None, **settings) -> dict[str, Any]:
+    """:func:`evaluate` (of ``families``, None: all; ``by_family``: see there) on
+    ``EvalContext(policy, ref, tok, data, method, spec, out_dir, seed, **settings)`` (``chat_template``, ``max_length``,
+    ``max_prompt_length``, ``trained``, ``cache_dir``, ``ref_id``, ``generator``,
+    ``prompt_truncation``)."""
+    return evaluate(EvalContext(policy, ref, tok, data, method, spec, Path(out_dir), seed, **settings), families,
+                    by_family)

@@ -8,7 +8,16 @@ task, ``<cell>/eval/<task>.json``, written atomically::
 (``lm_eval/<task>/<metric>``, :mod:`harness.evaluate.lmeval`), so the report shows them as the
 same columns; a later evaluation of a task the run evaluated too (``eval --force``) takes the
 place of the run's values. ``metrics.json`` itself is never rewritten: it stays what the run
-measured. Torch-free (the report reads these files).
+measured.
+
+The project's own evaluation metrics, made again later (``harness eval --metrics``), go one file
+per metric family (:mod:`harness.evaluate.families`) to ``<cell>/eval/metrics/<family>.json``::
+
+    {"family": "kl", "metrics": {"kl/policy_ref": 0.21, "kl/policy_ref_stderr": 0.03},
+     "weights": "model/ (full)", "seed": 0, "evaluated": "<ISO time>"}
+
+with the keys ``metrics.json`` has for them, so they too take the place of the run's values in
+the report. Torch-free (the report reads these files).
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ from typing import Any
 from harness.results.atomic import CorruptFileError, atomic_write_json, now_iso, read_json
 
 EVAL_DIR = "eval"
+FAMILY_DIR = "metrics"   # under EVAL_DIR
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]")
 
 
@@ -33,22 +43,37 @@ def write_evaluated(cell_dir: str | os.PathLike, task: str, metrics: dict[str, f
                              {"task": task, "metrics": metrics, **info, "evaluated": now_iso()})
 
 
+def family_path(cell_dir: str | os.PathLike, family: str) -> Path:
+    """Where the later evaluation of metric family ``family`` is kept."""
+    return Path(cell_dir) / EVAL_DIR / FAMILY_DIR / f"{_UNSAFE.sub('_', family)}.json"
+
+
+def write_family(cell_dir: str | os.PathLike, family: str, metrics: dict[str, Any], **info: Any) -> Path:
+    return atomic_write_json(family_path(cell_dir, family),
+                             {"family": family, "metrics": metrics, **info, "evaluated": now_iso()})
+
+
 def evaluated_tasks(cell_dir: str | os.PathLike) -> set[str]:
     """The tasks with a readable later evaluation in ``cell_dir``."""
     return {r["task"] for r in _records(cell_dir)}
+
+
+def evaluated_families(cell_dir: str | os.PathLike) -> set[str]:
+    """The metric families with a readable later evaluation in ``cell_dir``."""
+    return {r["family"] for r in _records(cell_dir, "family")}
 
 
 def read_evaluated(cell_dir: str | os.PathLike) -> dict[str, float]:
     """Every later evaluation's metrics of ``cell_dir``, merged (none: ``{}``). A file that
     cannot be read counts as not evaluated (``harness eval`` makes it again)."""
     out: dict[str, float] = {}
-    for r in _records(cell_dir):
+    for r in _records(cell_dir, "family") + _records(cell_dir):
         out.update({k: v for k, v in r["metrics"].items() if isinstance(v, (int, float))})
     return out
 
 
-def _records(cell_dir: str | os.PathLike) -> list[dict]:
-    d = Path(cell_dir) / EVAL_DIR
+def _records(cell_dir: str | os.PathLike, kind: str = "task") -> list[dict]:
+    d = Path(cell_dir) / EVAL_DIR / (FAMILY_DIR if kind == "family" else "")
     if not d.is_dir():
         return []
     out = []
@@ -59,6 +84,6 @@ def _records(cell_dir: str | os.PathLike) -> list[dict]:
             r = read_json(p)
         except (CorruptFileError, OSError):
             continue
-        if isinstance(r, dict) and isinstance(r.get("task"), str) and isinstance(r.get("metrics"), dict):
+        if isinstance(r, dict) and isinstance(r.get(kind), str) and isinstance(r.get("metrics"), dict):
             out.append(r)
     return out
