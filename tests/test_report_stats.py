@@ -181,3 +181,17 @@ def test_aggregate_iqm_and_probability_of_improvement_by_hand(flagged):
     assert s.p_improve == pytest.approx(0.0)
     assert r.iqm_low <= r.iqm <= r.iqm_high
     assert (flagged / "toy-smoke" / "figures" / "performance_profiles.png").is_file()
+
+
+def test_a_comparison_with_one_seed_says_nothing_was_tested(tmp_path):
+    """One seed per row: no paired test exists, so the notes must not describe a Holm
+    correction over 0 comparisons or an MDE at 0.05/0 (as the smollm2_real report did)."""
+    s = tmp_path / "one"
+    atomic_write_yaml(s / "suite.yaml", {"name": "one", "report": {"baseline": "A"}})
+    for label, acc in (("A", 0.5), ("B", 0.6)):
+        _cell(s, f"{label}-s0", _cfg("one", "d", label, "dpo", 0), {"pref/accuracy": acc})
+    out = build_report(s, out_dir=tmp_path / "report")
+    text = (Path(out) / "tables" / "comparison.md").read_text()
+    assert "one seed: no test" in text
+    assert "No comparison has 2 or more paired seeds" in text
+    assert "over all 0 comparisons" not in text and "/0 =" not in text

@@ -305,12 +305,9 @@ def _comparison(name, title, col, summ, df, group_cols) -> Table | None:
         f"Paired by seed against {col.baseline!r} (same model and data set): Δ = mean of the "
         "per-seed differences with its 95% t-interval; p = two-sided paired t-test (the exact "
         "sign-flip test where every seed's difference is the same).",
-        f"p (Holm): {CORRECTIONS[CORRECTION]}-corrected over all {m} comparisons of this table. "
-        f"A verdict (better / worse) needs p (Holm) < {ALPHA}; otherwise 'not distinguishable'.",
-        f"MDE: the smallest true Δ this n detects with {80}% power at the strictest level the "
-        f"correction can ask of one comparison ({ALPHA}/{m} = {alpha1:.2g}, Holm's first step), "
-        "given the observed sd of the per-seed differences (noncentral t, statsmodels "
-        "TTestPower): MDE = d_z · sd(Δ_seed).",
+        *(_testing_notes(m, alpha1) if m else [
+            "No comparison has 2 or more paired seeds: none is tested, corrected or given an "
+            "MDE, and no row can be called better or worse."]),
         f"The sign-flip test needs no normality but cannot go below p = 2/2^n ({pmin}); its p "
         "is in the CSV (p_signflip, p_signflip_min).",
         sources_note(summ, summ.main)]
@@ -450,3 +447,16 @@ def _label_smoke(col: Collected, tables: list[Table]) -> None:
         t.title = f"SMOKE RUN: {t.title}"
         t.notes.insert(0, SMOKE_NOTE + (" (Inferred from the suite name: these cells predate "
                                         "the config's smoke flag.)" if col.smoke_inferred else ""))
+
+
+def _testing_notes(m: int, alpha1: float) -> list[str]:
+    """The notes on the correction and the MDE of a comparison table with ``m`` tests."""
+    return [
+        f"p (Holm): {CORRECTIONS[CORRECTION]}-corrected over all {m} comparisons of this table. "
+        f"A verdict (better / worse) needs p (Holm) < {ALPHA}; otherwise 'not distinguishable'.",
+        f"MDE: the smallest true Δ this n detects with {80}% power at the strictest level the "
+        f"correction can ask of one comparison ({ALPHA}/{m} = {alpha1:.2g}, Holm's first step), "
+        "given the observed sd of the per-seed differences (noncentral t, statsmodels "
+        "TTestPower): MDE = d_z · sd(Δ_seed).",
+    ]
+
