@@ -412,3 +412,17 @@ def test_headline_metrics_match_the_lm_eval_module():
                    "embedded_gen": "lm_eval/embedded_gen/exact_match",
                    "embedded_mc": "lm_eval/embedded_mc/acc_norm"}
     assert json.dumps(list(got)) == '["gsm8k", "embedded_gen", "embedded_mc"]'
+
+
+def test_the_committed_paper_table_reads_with_its_source_column_and_averaged_rows():
+    """results/paper_table1/reported.csv (the file `python -m harness run suites/
+    paper_table1.yaml` reports against) has a text `source` column and averaged rows whose
+    model is 'average': both were refused / misread, so the headline suite's report failed."""
+    from harness.report.collect import read_reported
+
+    rep = read_reported(ROOT / "results" / "paper_table1" / "reported.csv")
+    assert list(rep.columns[:4]) == ["method", "model", "note", "source"]
+    assert set(rep["source"]) == {"Table 1 (v3)", "Table B5 (v3)", "Table B6 (v3)", "Table B7 (v3)"}
+    dpo = rep[rep["method"] == "DPO"].set_index("model")
+    assert set(dpo.index) == {"", "llama-3.1-8b", "llama-3.2-3b", "mistral-7b-v0.3"}
+    assert dpo.loc["", "MMLU"] == pytest.approx(65.3)  # the paper's averaged DPO row

@@ -39,6 +39,8 @@ __all__ = ["Collected", "collect", "find_suites", "resolve_baseline", "read_repo
 ID_COLUMNS = ["cell_id", "state", "model", "dataset", "method", "label", "seed", "label_noise",
               "data_key"]
 REPORTED_FILE = "reported.csv"
+REPORTED_TEXT_COLUMNS = ("method", "model", "note", "source")  # every other column: numbers
+AVERAGED_MODEL_NAMES = ("average", "avg", "mean", "all")     # = no model: averaged over models
 PROVENANCE_COLUMNS = ["git_commit", "git_dirty", "git_dirty_files", "smoke", "sft_per_seed"]
 # a tuned suite's cells (config.yaml ``tuning``): role "trial" (dev) / "final" / "cell", the
 # method entry, and the searched values (JSON)
@@ -166,8 +168,9 @@ def resolve_baseline(requested: str | None, cells: pd.DataFrame, suite_yaml: dic
 
 def read_reported(path: Path) -> pd.DataFrame:
     """The paper's numbers to put next to ours: a CSV with a ``method`` column, benchmark
-    columns (MMLU, GSM8K, ...; numbers in percent), optionally ``Avg``, ``model`` and
-    ``note``."""
+    columns (MMLU, GSM8K, ...; numbers in percent), optionally ``Avg``, ``model``, ``note`` and
+    ``source`` (text: where in the paper the row is from). A row averaged over models leaves
+    ``model`` empty or says ``average`` / ``avg`` / ``mean`` / ``all``."""
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -177,12 +180,13 @@ def read_reported(path: Path) -> pd.DataFrame:
     if "method" not in df.columns:
         raise UserError(f"{path}: no 'method' column (columns: {list(df.columns)}); the first "
                         "column must be 'method' (e.g. DPO, TI-DPO).")
-    for c in ("model", "note"):
+    for c in REPORTED_TEXT_COLUMNS[1:]:
         if c not in df.columns:
             df[c] = ""
-    out = df[["method", "model", "note"]].apply(lambda s: s.str.strip()).astype(object)
+    out = df[list(REPORTED_TEXT_COLUMNS)].apply(lambda s: s.str.strip()).astype(object)
+    out.loc[out["model"].str.lower().isin(AVERAGED_MODEL_NAMES), "model"] = ""
     for c in df.columns:
-        if c in ("method", "model", "note"):
+        if c in REPORTED_TEXT_COLUMNS:
             continue
         vals = df[c].str.strip()
         num = pd.to_numeric(vals.replace("", np.nan), errors="coerce")

@@ -9,7 +9,7 @@ import pandas as pd
 
 from harness.metrics import BENCHMARK_COLUMNS
 
-from .collect import Collected
+from .collect import REPORTED_TEXT_COLUMNS, Collected
 from .format import Table, fmt_num, fmt_stat
 from .stats import summarize
 from .summary import Summary
@@ -30,7 +30,7 @@ def reported_table(col: Collected, summ: Summary) -> Table | None:
     rep = col.reported
     if rep is None:
         return None
-    bench_cols = [c for c in rep.columns if c not in ("method", "model", "note", "Avg")]
+    bench_cols = [c for c in rep.columns if c not in (*REPORTED_TEXT_COLUMNS, "Avg")]
     has_avg = "Avg" in rep.columns
     shown = bench_cols + (["Avg"] if has_avg else [])
     ours_keys = _ours_keys(summ, bench_cols)
@@ -55,6 +55,9 @@ def reported_table(col: Collected, summ: Summary) -> Table | None:
                     for c, p, s, d in zip(shown, paper, ours, diffs)]
         if r["note"]:
             notes.append(f"{r['method']}{' (' + r['model'] + ')' if r['model'] else ''}: {r['note']}")
+    sources = [x for x in dict.fromkeys(rep["source"]) if x]
+    if sources:
+        notes.append(f"Paper rows from: {'; '.join(sources)}.")
     notes += _reported_consistency(rep, bench_cols, has_avg)
     mapped = ", ".join(f"{c} = `{k}`" for c, k in ours_keys.items()) or "none of our lm-eval tasks"
     notes.append(f"Ours: mean ± CI half-width over seeds, averaged over our models and data sets "
