@@ -19,7 +19,7 @@ def _manifest(path: Path) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("suite", ["quickstart"])
+@pytest.mark.parametrize("suite", ["quickstart", "smollm2_real"])
 def test_committed_report_regenerates_byte_for_byte(suite, tmp_path):
     from harness.report import build_report
 
