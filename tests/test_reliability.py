@@ -521,8 +521,12 @@ def test_ctrl_c_marks_the_cell_pending_and_the_rerun_resumes(crash, background):
 def test_finished_cell_holds_no_checkpoints_weights_or_temp_files(crash):
     base = crash["base"]
     assert read_status(base)["state"] == "done"
-    assert not (base / "checkpoints").exists() and not (base / "model").exists()
-    assert not [p for p in base.rglob("*") if p.suffix in (".safetensors", ".pt", ".bin")]
+    assert not (base / "checkpoints").exists()
+    # the only weights left are the kept final policy (train.keep_model, true by default since
+    # issue 16), complete: kept.json is written last
+    assert (base / "model" / "kept.json").is_file()
+    assert not [p for p in base.rglob("*") if p.suffix in (".safetensors", ".pt", ".bin")
+                and (base / "model") not in p.parents]
     suite_dir = base.parent
     assert temp_leftovers(suite_dir) == []
     [stage] = list((suite_dir / "_sft").iterdir())
