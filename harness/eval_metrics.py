@@ -61,8 +61,7 @@ def parse_families(text: str | None) -> list[str] | None:
 def plan(suite_dir: Path, families: list[str] | None, force: bool, skip_unsaved: bool) -> list[tuple]:
     """(folder, cfg, families or None) of each cell with something to do; raises UserError
     (nothing written) for trained cells without a kept policy unless ``skip_unsaved``."""
-    from .eval_saved import suite_cells
-    from .policy_store import NoSavedModel, kept
+    from .eval_saved import suite_cells, without_unsaved
     from .results.evaluated import evaluated_families
 
     todo = []
@@ -74,13 +73,10 @@ def plan(suite_dir: Path, families: list[str] | None, force: bool, skip_unsaved:
                 todo.append((folder, cfg, None, have))
         elif [f for f in families if f not in have]:
             todo.append((folder, cfg, [f for f in families if f not in have], have))
-    unsaved = [(f, c) for f, c, *_ in todo if c.trains and kept(f) is None]
-    if unsaved and not skip_unsaved:
-        raise UserError(problems=[str(NoSavedModel(f, c)) for f, c in unsaved]
-                        + ["or pass --skip-unsaved to evaluate only the cells that kept their policy"])
+    todo, unsaved = without_unsaved(todo, skip_unsaved)
     if unsaved:
         print(f"{len(unsaved)} cells without a kept policy skipped", file=sys.stderr)
-    return [t for t in todo if (t[0], t[1]) not in unsaved]
+    return todo
 
 
 def _applied(folder: Path) -> list[str] | None:

@@ -93,8 +93,6 @@ def evaluate_suite(suite_dir: Path, names: list[str], *, limit: int | None = Non
                    include_path: Path | None = None, allow_code_execution: bool = False,
                    skip_unsaved: bool = False, report: bool = True) -> int:
     """The command (module docstring); returns its exit status."""
-    from .policy_store import NoSavedModel, kept
-
     suite_dir = Path(suite_dir)
     check_tasks(names, include_path, allow_code_execution)
     todo = []
@@ -102,11 +100,7 @@ def evaluate_suite(suite_dir: Path, names: list[str], *, limit: int | None = Non
         tasks = [n for n in names if force or n not in already(folder, names)]
         if tasks:
             todo.append((folder, cfg, tasks))
-    unsaved = [(f, c) for f, c, _ in todo if c.method.name not in ("sft", "base") and kept(f) is None]
-    if unsaved and not skip_unsaved:
-        raise UserError(problems=[str(NoSavedModel(f, c)) for f, c in unsaved]
-                        + ["or pass --skip-unsaved to evaluate only the cells that kept their policy"])
-    todo = [t for t in todo if (t[0], t[1]) not in unsaved]
+    todo, unsaved = without_unsaved(todo, skip_unsaved)
     print(f"{suite_dir}: {len(todo)} cells to evaluate on {', '.join(names)}"
           + (f" ({len(unsaved)} without a kept policy skipped)" if unsaved else ""), flush=True)
     failed = 0
@@ -181,3 +175,17 @@ def _empty_cuda_cache() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def without_unsaved(todo: list[tuple], skip_unsaved: bool) -> tuple[list[tuple], list[tuple]]:
+    """``todo`` (tuples starting with folder, cell config) less the trained cells that kept no
+    policy, and those cells; raises UserError naming each with the fix (nothing written) unless
+    ``skip_unsaved``. The baseline rows need no kept policy (their weights are the start model)."""
+    from .policy_store import NoSavedModel, kept
+
+    unsaved = [(t[0], t[1]) for t in todo if t[1].trains and kept(t[0]) is None]
+    if unsaved and not skip_unsaved:
+        raise UserError(problems=[str(NoSavedModel(f, c)) for f, c in unsaved]
+                        + ["or pass --skip-unsaved to evaluate only the cells that kept their policy"])
+    return [t for t in todo if (t[0], t[1]) not in unsaved], unsaved
+
