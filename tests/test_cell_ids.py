@@ -2,7 +2,8 @@
 
 ``tests/fixtures/cell_ids.json`` was recorded from main, with main's own code, before the
 config package was split (re-recorded at main 0ae3860, where ``sft.per_seed`` became the
-default on purpose): for every shipped suite, as written and under ``run --smoke`` (marked
+default on purpose, and when the study suites went to 5 seeds with per-seed SFT, issue 11,
+which added ids and changed only study_anchor_source's): for every shipped suite, as written and under ``run --smoke`` (marked
 ``smoke: true`` as ``run`` marks it), each cell's and SFT stage's id, and the first 16 hex
 digits of the sha256 of the ``config.yaml`` that ``materialize`` writes for it. The suites
 are read from a copy of ``suites/`` with empty stand-ins for the local model and data files
