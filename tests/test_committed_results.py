@@ -19,7 +19,16 @@ def _manifest(path: Path) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize("suite", ["quickstart", "smollm2_real"])
+# every committed suite with a report: the README's main job, the real-model run, the smoke run of
+# the paper's Table 1, the protocol at full size and the embedded studies
+COMMITTED = [
+    "quickstart", "smollm2_real", "paper_table1-smoke", "study_protocol",
+    "study_ablations", "study_alpha", "study_anchor_source", "study_diversity",
+    "study_label_noise", "study_lambda",
+]
+
+
+@pytest.mark.parametrize("suite", COMMITTED)
 def test_committed_report_regenerates_byte_for_byte(suite, tmp_path):
     from harness.report import build_report
 
